@@ -1,0 +1,334 @@
+"""Transcode any video PyAV can read into the canonical stream, cached by content hash.
+
+The canonical stream is what the paper re-encodes everything to (§4.1): MPEG-4 Part 2, I- and
+P-frames only, a fixed GOP, a fixed frame rate. We add: sides multiples of 16 (so every pixel is
+predicted exactly, see ``residual.py``), one 16×16 half-pel vector per macroblock (no 4MV, no
+quarter-pel, no GMC) and a pinned quantiser, so two runs on the same input give the same stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from cope.codec.primitives import StreamInfo
+from cope.errors import CopeInputError
+
+# Sources larger than this are refused: decoding them would take minutes and gigabytes for a
+# model that sees 384×384 frames anyway (8K UHD is 7680×4320).
+MAX_SOURCE_SIDE = 8192
+MAX_SOURCE_PIXELS = 8192 * 4352
+MAX_CANONICAL_SIDE = 2048
+# Bump when the canonical encoding changes, so old cache entries are not reused.
+CACHE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CanonicalSettings:
+    """How the canonical stream is encoded. The defaults are the paper's setting."""
+
+    fps: int = 30  # paper §4.1: 30 FPS
+    gop: int = 240  # paper §4.1: GOP of 240 frames (8 s)
+    width: int = 384  # SigLIP-so400m-patch14-384 input side
+    height: int = 384
+    quantizer: int = 3  # pinned MPEG-4 quantiser (qmin = qmax), 2 = best … 31 = worst
+
+    def validate(self) -> None:
+        for name in ("width", "height"):
+            side = getattr(self, name)
+            if side <= 0 or side % 16 or side > MAX_CANONICAL_SIDE:
+                raise CopeInputError(
+                    f"canonical {name} {side} must be a positive multiple of 16 up to {MAX_CANONICAL_SIDE}"
+                )
+        if not 1 <= self.fps <= 240:
+            raise CopeInputError(f"canonical fps {self.fps} must be between 1 and 240")
+        if not 1 <= self.gop <= 10_000:
+            raise CopeInputError(f"canonical GOP {self.gop} must be between 1 and 10000 frames")
+        if not 2 <= self.quantizer <= 31:
+            raise CopeInputError(f"quantizer {self.quantizer} must be between 2 and 31")
+
+    def cache_key(self) -> str:
+        settings = json.dumps({**asdict(self), "version": CACHE_FORMAT_VERSION}, sort_keys=True)
+        return hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+
+@dataclass
+class CanonicalVideo:
+    """A canonical stream on disk and what we learned about its source while making it."""
+
+    path: Path
+    source: StreamInfo
+    settings: CanonicalSettings | None  # None: the input's own stream (--no-transcode)
+    lost_packets: int = 0  # source packets the decoder rejected (corrupt data)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("COPE_CACHE_DIR", Path.home() / ".cache" / "cope")) / "canonical"
+
+
+def check_video_path(path: str | os.PathLike) -> Path:
+    """Fail early, in one line, on paths that cannot be a video."""
+    path = Path(path)
+    if not path.exists():
+        raise CopeInputError(f"{path}: no such file")
+    if path.is_dir():
+        raise CopeInputError(f"{path}: is a directory, not a video file")
+    if path.stat().st_size == 0:
+        raise CopeInputError(f"{path}: empty file")
+    if not os.access(path, os.R_OK):
+        raise CopeInputError(f"{path}: not readable (permission denied)")
+    return path
+
+
+def open_video_stream(path: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """Open a container and pick its first video stream, whatever else the file holds."""
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise CopeInputError(f"{path}: not a readable video ({_reason(exc)})") from None
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        container.close()
+        raise CopeInputError(f"{path}: no video stream (found: {', '.join(kinds)})")
+    stream = container.streams.video[0]
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width > MAX_SOURCE_SIDE or height > MAX_SOURCE_SIDE or width * height > MAX_SOURCE_PIXELS:
+        container.close()
+        raise CopeInputError(
+            f"{path}: resolution {width}x{height} exceeds the supported maximum "
+            f"({MAX_SOURCE_SIDE} per side, {MAX_SOURCE_PIXELS} pixels)"
+        )
+    return container, stream
+
+
+def _reason(exc: Exception) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.strip().rstrip(".").splitlines()[0] if text else type(exc).__name__
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def transcode(
+    path: str | os.PathLike,
+    settings: CanonicalSettings = CanonicalSettings(),
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> CanonicalVideo:
+    """Return the canonical stream of ``path``, transcoding it unless the cache has it.
+
+    Cache entries are ``<sha256 of content>-<settings key>.mp4`` plus a ``.json`` sidecar with
+    the source summary. Both are written to temporary names and renamed into place (the video
+    last), so a killed run never leaves an entry that looks complete.
+    """
+    path = check_video_path(path)
+    settings.validate()
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{file_sha256(path)}-{settings.cache_key()}"
+    video_path, meta_path = cache_dir / f"{stem}.mp4", cache_dir / f"{stem}.json"
+    if video_path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        return CanonicalVideo(video_path, StreamInfo(**meta["source"]), settings, meta["lost_packets"])
+
+    source, lost = _encode_canonical(path, settings, cache_dir, video_path, progress)
+    _atomic_write_text(meta_path, json.dumps({"source": source.to_dict(), "lost_packets": lost}))
+    # The sidecar is written first; the video's rename below is what completes the entry.
+    os.replace(video_path.with_suffix(".partial"), video_path)
+    return CanonicalVideo(video_path, source, settings, lost)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _rotation_filters(stream, first_frame) -> list[tuple[str, str]]:
+    """Filters that apply display-matrix rotation, as the ffmpeg command line does."""
+    rotation = getattr(first_frame, "rotation", 0) or 0
+    theta = round(-rotation) % 360  # ffmpeg's get_rotation(): counter-clockwise → clockwise
+    return {90: [("transpose", "clock")], 180: [("hflip", ""), ("vflip", "")], 270: [("transpose", "cclock")]}.get(
+        theta, []
+    )
+
+
+def _build_graph(stream, first_frame, settings: CanonicalSettings):
+    graph = av.filter.Graph()
+    chain = [graph.add_buffer(template=stream)]
+    specs = _rotation_filters(stream, first_frame) + [
+        ("fps", f"fps={settings.fps}"),  # constant frame rate from any (variable) input rate
+        ("scale", f"{settings.width}:{settings.height}"),
+        ("format", "yuv420p"),
+    ]
+    for name, args in specs:
+        chain.append(graph.add(name, args))
+    chain.append(graph.add("buffersink"))
+    for a, b in zip(chain, chain[1:], strict=False):
+        a.link_to(b)
+    graph.configure()
+    return graph
+
+
+def _open_encoder(output, settings: CanonicalSettings):
+    stream = output.add_stream(
+        "mpeg4",
+        rate=settings.fps,
+        options={
+            "g": str(settings.gop),
+            "bf": "0",  # no B-frames: every P-frame depends on the past only
+            "sc_threshold": "1000000000",  # no scene-cut I-frames: I-frames exactly every GOP
+            "qmin": str(settings.quantizer),  # pinned quality (qscale has no effect via PyAV)
+            "qmax": str(settings.quantizer),
+        },
+    )
+    stream.width, stream.height, stream.pix_fmt = settings.width, settings.height, "yuv420p"
+    stream.time_base = Fraction(1, settings.fps)
+    stream.codec_context.thread_count = 1  # slice threading would change the bitstream per machine
+    return stream
+
+
+def _encode_canonical(path, settings, cache_dir, video_path, progress) -> tuple[StreamInfo, int]:
+    from tqdm import tqdm
+
+    container, stream = open_video_stream(path)
+    stream.thread_type = "AUTO"  # source decoding only: MVs come from the canonical stream
+    source = _SourceCounter(stream)
+    partial = video_path.with_suffix(".partial")
+    bar = tqdm(
+        total=stream.frames or None, unit="frame", desc=f"transcode {path.name}", disable=not progress, leave=False
+    )
+    graph = encoder = None
+    lost = 0
+    try:
+        with av.open(str(partial), "w", format="mp4") as output:
+            for frame in _decode_tolerant(container, stream, source):
+                if graph is None:
+                    graph = _build_graph(stream, frame, settings)
+                    encoder = _open_encoder(output, settings)
+                graph.push(frame)
+                _drain(graph, encoder, output, source, settings.fps)
+                bar.update(1)
+            lost = source.lost_packets
+            if graph is None:
+                raise CopeInputError(f"{path}: no decodable video frames ({lost} corrupt packets)")
+            graph.push(None)
+            _drain(graph, encoder, output, source, settings.fps)
+            for packet in encoder.encode(None):
+                output.mux(packet)
+    except CopeInputError:
+        partial.unlink(missing_ok=True)
+        raise
+    except BaseException:
+        partial.unlink(missing_ok=True)  # never leave a half-written stream behind
+        raise
+    finally:
+        bar.close()
+        container.close()
+    return source.info(path), lost
+
+
+def _decode_tolerant(container, stream, counter: _SourceCounter):
+    """Decode every frame that can be decoded; packets FFmpeg rejects are counted and skipped."""
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            counter.lost_packets += 1
+            continue
+        except av.error.FFmpegError:
+            counter.lost_packets += 1
+            continue
+        for frame in frames:
+            counter.add(frame)
+            yield frame
+    try:  # flush frames the decoder still holds (reordering delay)
+        for frame in stream.codec_context.decode(None):
+            counter.add(frame)
+            yield frame
+    except av.error.FFmpegError:
+        counter.lost_packets += 1
+
+
+def _drain(graph, encoder, output, counter, fps: int) -> None:
+    while True:
+        try:
+            frame = graph.pull()
+        except (av.error.BlockingIOError, av.error.EOFError, BlockingIOError, EOFError):
+            return
+        frame.pts = counter.encoded
+        frame.time_base = Fraction(1, fps)  # not the stream's: the MP4 muxer changes that one
+        # Decoders tag frames with their source type; the encoder would obey a B or I tag.
+        frame.pict_type = av.video.frame.PictureType.NONE
+        counter.encoded += 1
+        for packet in encoder.encode(frame):
+            output.mux(packet)
+
+
+class _SourceCounter:
+    """Collects the source ``StreamInfo`` while its frames are decoded for transcoding."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.types = {"I": 0, "P": 0, "B": 0}
+        self.first_time = self.last_time = None
+        self.frames = self.encoded = self.lost_packets = 0
+
+    def add(self, frame) -> None:
+        self.frames += 1
+        kind = av.video.frame.PictureType(int(frame.pict_type)).name
+        # SI/SP (H.264 switching slices) and S (MPEG-4 sprite) frames count with their base type.
+        kind = {"SI": "I", "SP": "P", "S": "P", "BI": "B", "NONE": "P"}.get(kind, kind)
+        self.types[kind] = self.types.get(kind, 0) + 1
+        if frame.time is not None:
+            if self.first_time is None:
+                self.first_time = frame.time
+            self.last_time = frame.time
+
+    def info(self, path: Path) -> StreamInfo:
+        stream = self.stream
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        if self.first_time is not None and self.last_time is not None and fps > 0:
+            duration = self.last_time - self.first_time + 1.0 / fps
+        else:
+            duration = self.frames / fps if fps else 0.0
+        return StreamInfo(
+            codec=stream.codec_context.name,
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            fps=fps,
+            frames=self.frames,
+            duration_s=float(duration),
+            gops=self.types["I"],
+            frame_types={k: int(self.types.get(k, 0)) for k in ("I", "P", "B")},
+        )
+
+
+def sample_video_path() -> Path:
+    """The sample video bundled with the package (used by the demo and the docs)."""
+    return Path(__file__).resolve().parent.parent / "assets" / "sample.mp4"
+
+
+__all__ = [
+    "CanonicalSettings",
+    "CanonicalVideo",
+    "check_video_path",
+    "open_video_stream",
+    "transcode",
+    "default_cache_dir",
+    "sample_video_path",
+]

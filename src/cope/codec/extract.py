@@ -1,0 +1,173 @@
+"""From a video file to the codec primitives of a token plan, streamed in temporal order.
+
+    video = open_video("clip.mp4")                      # transcodes (cached) to the canonical stream
+    plan = video.plan(fusion=30, keyframes_per_gop=1)   # which frames → image tokens / Δ-tokens
+    for entry in video.entries(plan):                   # IFrame(rgb) / PFrame(mv, residual)
+        ...
+
+Memory stays bounded by a few frames whatever the video length: frames are decoded one at a time,
+P-frames between two sampled frames only update the motion accumulator, and unsampled GOPs are not
+decoded at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+from tqdm import tqdm
+
+from cope.codec.fusion import MotionAccumulator, fused_residual
+from cope.codec.primitives import Gop, IFrame, PFrame, StreamInfo
+from cope.codec.reader import CanonicalReader, DecodedFrame, StreamScan
+from cope.codec.residual import dense_motion_field, predict_frame
+from cope.codec.canonical import CanonicalSettings, CanonicalVideo, transcode
+from cope.plan import MAX_GOPS, TokenPlan, cope_plan, dense_frame_indices, standard_plans
+
+
+def yuv_to_rgb(planes: tuple[np.ndarray, np.ndarray, np.ndarray], width: int, height: int) -> np.ndarray:
+    """Convert 4:2:0 planes to RGB with the same swscale path as decoded frames."""
+    frame = av.VideoFrame(width, height, "yuv420p")
+    for plane, data in zip(frame.planes, planes, strict=True):
+        padded = np.zeros((plane.height, plane.line_size), dtype=np.uint8)
+        padded[: data.shape[0], : data.shape[1]] = data
+        plane.update(padded.tobytes())
+    return frame.to_ndarray(format="rgb24")
+
+
+def exact_residual(current: DecodedFrame, previous: DecodedFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The codec's own motion field and residual of one P-frame (no fusion), RGB.
+
+    The prediction is rebuilt bit-exactly in YUV (``residual.predict_frame``) and converted to RGB
+    by the same swscale path as the decoded frame, so prediction + residual == decoded RGB frame.
+    Intra macroblocks predict black: their residual is the whole block.
+    """
+    frame = current.frame
+    pred_yuv = predict_frame(previous.yuv, current.motion, current.rounding)
+    planes = tuple(np.clip(p, 0, 255).astype(np.uint8) for p in pred_yuv)
+    pred_rgb = yuv_to_rgb(planes, frame.width, frame.height).astype(np.int16)
+    intra = np.repeat(np.repeat(current.motion.intra, 16, 0), 16, 1)[: frame.height, : frame.width]
+    pred_rgb[intra] = 0
+    residual = current.rgb().astype(np.int16) - pred_rgb
+    return dense_motion_field(current.motion, frame.height, frame.width), residual
+
+
+class CodecVideo:
+    """A video ready for extraction: its canonical stream, frame types and GOPs."""
+
+    def __init__(self, reader: CanonicalReader, source: StreamInfo, canonical: CanonicalVideo | None):
+        self.reader = reader
+        self.source = source
+        self.canonical = canonical  # None when the input's own stream is used (--no-transcode)
+        self.scan: StreamScan = reader.scan()
+
+    @property
+    def info(self) -> StreamInfo:
+        """The canonical stream's summary."""
+        return self.scan.info
+
+    @property
+    def gop_size(self) -> int:
+        """Nominal GOP length: the setting for transcoded videos, the longest GOP otherwise."""
+        if self.canonical is not None and self.canonical.settings is not None:
+            return self.canonical.settings.gop
+        starts = self.scan.gop_starts + [self.scan.num_frames]
+        return max(b - a for a, b in zip(starts, starts[1:], strict=False))
+
+    def _nominal_gop(self, fusion: int) -> int:
+        return math.ceil(self.gop_size / fusion) * fusion
+
+    def plan(self, fusion: int = 30, keyframes_per_gop: int = 1, max_gops: int = MAX_GOPS) -> TokenPlan:
+        return cope_plan(
+            self.scan.num_frames, self.scan.gop_starts, self._nominal_gop(fusion), fusion, keyframes_per_gop, max_gops
+        )
+
+    def standard_plans(self, fusion: int = 30) -> dict[str, TokenPlan]:
+        return standard_plans(self.scan.num_frames, self.scan.gop_starts, self._nominal_gop(fusion), fusion)
+
+    def entries(self, plan: TokenPlan, with_rgb: bool = False, progress: bool = False) -> Iterator[IFrame | PFrame]:
+        """Yield the plan's I-frames (RGB) and P-frames (MV + residual) in temporal order.
+
+        ``with_rgb`` also attaches each P-frame's decoded RGB frame (stage-1 pre-training targets).
+        """
+        wanted = {e.index: e for e in plan.entries}
+        gops = set(plan.gops)
+        bounds = self.scan.gop_starts + [self.scan.num_frames]
+        total = sum(bounds[g + 1] - bounds[g] for g in gops)
+        height, width = self.info.height, self.info.width
+        accumulator = MotionAccumulator(height, width)
+        reference_rgb = previous = None
+        with tqdm(total=total, unit="frame", desc="extract", disable=not progress, leave=False) as bar:
+            for frame in self.reader.frames(gops):
+                bar.update(1)
+                entry = wanted.get(frame.index)
+                fused = entry is not None and entry.kind == "P" and entry.ref_index != frame.index - 1
+                if frame.frame_type == "P" and (entry is None or fused):
+                    accumulator.add(frame.motion)
+                if entry is None:
+                    previous = frame
+                    continue
+                if entry.kind == "I":
+                    rgb = frame.rgb()
+                    yield IFrame(frame.index, frame.pts, frame.gop, rgb)
+                elif fused:
+                    rgb = frame.rgb()
+                    mv = accumulator.dense()
+                    residual = fused_residual(rgb, reference_rgb, mv)
+                    yield PFrame(frame.index, entry.ref_index, frame.pts, frame.gop, mv, residual, _maybe(rgb, with_rgb))
+                else:
+                    rgb = frame.rgb()
+                    mv, residual = exact_residual(frame, previous)
+                    yield PFrame(frame.index, entry.ref_index, frame.pts, frame.gop, mv, residual, _maybe(rgb, with_rgb))
+                reference_rgb, previous = rgb, frame
+                accumulator.reset()
+
+    def gops(self, plan: TokenPlan, with_rgb: bool = False, progress: bool = False) -> Iterator[Gop]:
+        """The plan's entries grouped by GOP (one GOP in memory at a time)."""
+        current: Gop | None = None
+        for entry in self.entries(plan, with_rgb, progress):
+            if current is None or entry.gop != current.index:
+                if current is not None:
+                    yield current
+                current = Gop(entry.gop, self.scan.gop_starts[entry.gop], [])
+            current.entries.append(entry)
+        if current is not None:
+            yield current
+
+    def read_frames(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """Decode the RGB frames at the given display indices (the dense baseline's input)."""
+        wanted = set(indices)
+        starts = np.asarray(self.scan.gop_starts)
+        gops = {int(np.searchsorted(starts, i, side="right") - 1) for i in wanted}
+        for frame in self.reader.frames(gops):
+            if frame.index in wanted:
+                yield frame.index, frame.rgb()
+
+    def dense_frames(self, num_samples: int = 64) -> Iterator[tuple[int, np.ndarray]]:
+        return self.read_frames(dense_frame_indices(self.scan.num_frames, num_samples))
+
+
+def _maybe(rgb: np.ndarray, keep: bool) -> np.ndarray | None:
+    return rgb if keep else None
+
+
+def open_video(
+    path: str | Path,
+    settings: CanonicalSettings = CanonicalSettings(),
+    no_transcode: bool = False,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> CodecVideo:
+    """Open a video for extraction, transcoding it to the canonical stream unless told not to.
+
+    With ``no_transcode`` the input's own stream is read; it must be MPEG-4 Part 2 with I- and
+    P-frames only and half-pel motion, else ``CopeInputError`` explains why.
+    """
+    if no_transcode:
+        reader = CanonicalReader(path)
+        return CodecVideo(reader, reader.scan().info, canonical=None)
+    canonical = transcode(path, settings, cache_dir, progress=progress)
+    return CodecVideo(CanonicalReader(canonical.path), canonical.source, canonical)

@@ -1,0 +1,153 @@
+"""Sampling plans and token accounting: which frames become image tokens, which become Δ-tokens.
+
+Pure functions of the stream's frame count and GOP starts; no decoding, no torch.
+
+Paper accounting (§3.2, App. C; ``shared/reference/paper-facts.md``):
+* an RGB frame (I-frame or extra keyframe) costs 196 pooled tokens + 14 row newlines = 210;
+* a fused P-frame costs 8 Δ-tokens + 2 row newlines = 10;
+* the LLaVA-Video baseline samples 64 frames uniformly: 64 × 210 = 13,440 tokens.
+
+A GOP of G frames with fusion s has G/s sampling slots at offsets 0, s, 2s, …; with K keyframes
+per GOP every (G/s)/K-th slot is an RGB keyframe (slot 0 is the I-frame) and every other slot is
+a P-frame fused over the s frames since the previous slot. At most 64 GOPs are used; longer videos
+take 64 GOPs uniformly spread over the video, all their slots included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+IFRAME_TOKENS = 196 + 14  # 14×14 pooled SigLIP tokens + one newline per row
+PFRAME_TOKENS = 8 + 2  # 4 motion + 4 residual Δ-tokens as 2 rows of 4, + one newline per row
+DENSE_FRAMES = 64  # LLaVA-Video-7B's frame count
+MAX_GOPS = 64  # paper: 1 FPS up to 64 GOPs (512 s), uniform GOP sampling beyond
+DEFAULT_FUSION = 30  # paper: s = 30 frames → 1 effective FPS at 30 FPS
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One sampled frame. ``kind`` "I" → image tokens; "P" → Δ-tokens against ``ref_index``."""
+
+    kind: str
+    index: int
+    gop: int
+    ref_index: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenPlan:
+    """An ordered list of sampled frames and what they cost in visual tokens."""
+
+    entries: tuple[PlanEntry, ...]
+
+    @property
+    def rgb_frames(self) -> int:
+        return sum(e.kind == "I" for e in self.entries)
+
+    @property
+    def delta_frames(self) -> int:
+        return sum(e.kind == "P" for e in self.entries)
+
+    @property
+    def visual_tokens(self) -> int:
+        return self.rgb_frames * IFRAME_TOKENS + self.delta_frames * PFRAME_TOKENS
+
+    @property
+    def gops(self) -> list[int]:
+        return sorted({e.gop for e in self.entries})
+
+    def to_dict(self) -> dict:
+        """The ``PLAN`` object of ``cope inspect --json``."""
+        return {
+            "visual_tokens": self.visual_tokens,
+            "rgb_frames": self.rgb_frames,
+            "delta_frames": self.delta_frames,
+        }
+
+
+def gop_bounds(num_frames: int, gop_starts: list[int]) -> list[tuple[int, int]]:
+    """[start, end) display indices of every GOP, from the I-frame positions."""
+    if num_frames <= 0 or not gop_starts or gop_starts[0] != 0:
+        raise ValueError("a stream must have frames and start with an I-frame")
+    ends = list(gop_starts[1:]) + [num_frames]
+    return list(zip(gop_starts, ends, strict=True))
+
+
+def regular_gop_starts(num_frames: int, gop_size: int) -> list[int]:
+    """I-frame positions of the canonical stream: exactly every ``gop_size`` frames."""
+    return list(range(0, num_frames, gop_size))
+
+
+def select_gops(num_gops: int, max_gops: int = MAX_GOPS) -> list[int]:
+    """All GOPs, or ``max_gops`` of them spread uniformly (first and last included)."""
+    if num_gops <= max_gops:
+        return list(range(num_gops))
+    return sorted({int(i) for i in np.linspace(0, num_gops - 1, max_gops).round()})
+
+
+def keyframe_spacing(gop_size: int, fusion: int, keyframes_per_gop: int) -> int:
+    """Slots between two keyframes; K must divide the number of slots G/s of a full GOP."""
+    if fusion < 1:
+        raise ValueError(f"fusion must be ≥ 1, got {fusion}")
+    if gop_size % fusion:
+        raise ValueError(f"fusion {fusion} must divide the GOP size {gop_size}")
+    slots = gop_size // fusion
+    if keyframes_per_gop < 1 or slots % keyframes_per_gop:
+        raise ValueError(
+            f"keyframes per GOP must divide the {slots} slots of a GOP "
+            f"(GOP {gop_size} / fusion {fusion}), got {keyframes_per_gop}"
+        )
+    return slots // keyframes_per_gop
+
+
+def cope_plan(
+    num_frames: int,
+    gop_starts: list[int],
+    gop_size: int,
+    fusion: int = DEFAULT_FUSION,
+    keyframes_per_gop: int = 1,
+    max_gops: int = MAX_GOPS,
+) -> TokenPlan:
+    """Keyframes + fused P-frames per GOP, over at most ``max_gops`` GOPs.
+
+    ``gop_size`` is the nominal GOP length (240 for the canonical stream); a shorter GOP (the last
+    one of a video) keeps the slots that fit in it.
+    """
+    spacing = keyframe_spacing(gop_size, fusion, keyframes_per_gop)
+    bounds = gop_bounds(num_frames, gop_starts)
+    entries: list[PlanEntry] = []
+    for gop in select_gops(len(bounds), max_gops):
+        start, end = bounds[gop]
+        for slot, index in enumerate(range(start, end, fusion)):
+            if slot % spacing == 0:
+                entries.append(PlanEntry("I", index, gop))
+            else:
+                entries.append(PlanEntry("P", index, gop, ref_index=index - fusion))
+    return TokenPlan(tuple(entries))
+
+
+def dense_frame_indices(num_frames: int, num_samples: int = DENSE_FRAMES) -> list[int]:
+    """LLaVA-Video's uniform sampling: ``np.linspace(0, N−1, n, dtype=int)``; all frames if N ≤ n."""
+    if num_frames <= num_samples:
+        return list(range(num_frames))
+    return [int(i) for i in np.linspace(0, num_frames - 1, num_samples, dtype=int)]
+
+
+def dense_plan(num_frames: int, num_samples: int = DENSE_FRAMES, gop_starts: list[int] | None = None) -> TokenPlan:
+    """The dense-RGB baseline: ``num_samples`` uniformly sampled frames, all as image tokens."""
+    starts = np.asarray(gop_starts if gop_starts else [0])
+    entries = tuple(
+        PlanEntry("I", i, int(np.searchsorted(starts, i, side="right") - 1))
+        for i in dense_frame_indices(num_frames, num_samples)
+    )
+    return TokenPlan(entries)
+
+
+def standard_plans(num_frames: int, gop_starts: list[int], gop_size: int, fusion: int = DEFAULT_FUSION) -> dict:
+    """The plans ``cope inspect`` reports: dense64 and CoPE at 1, 2 and 4 keyframes per GOP."""
+    plans = {"dense64": dense_plan(num_frames, DENSE_FRAMES, gop_starts)}
+    for k in (1, 2, 4):
+        plans[f"cope_k{k}"] = cope_plan(num_frames, gop_starts, gop_size, fusion, k)
+    return plans
