@@ -35,9 +35,13 @@ def _add_canonical_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("canonical stream (what every input is transcoded to)")
     group.add_argument("--fps", type=int, default=30, help="frame rate (default: 30, as the paper)")
     group.add_argument("--gop", type=int, default=240, help="GOP length in frames (default: 240)")
-    group.add_argument("--size", type=_size, default=(384, 384), help="WIDTHxHEIGHT, multiples of 16 (384x384)")
+    group.add_argument(
+        "--size", type=_size, default=(384, 384), help="WIDTHxHEIGHT, multiples of 16 (384x384)"
+    )
     group.add_argument("--quantizer", type=int, default=3, help="pinned MPEG-4 quantiser, 2–31 (default: 3)")
-    group.add_argument("--cache-dir", type=Path, default=None, help="transcode cache (default: ~/.cache/cope)")
+    group.add_argument(
+        "--cache-dir", type=Path, default=None, help="transcode cache (default: ~/.cache/cope)"
+    )
     group.add_argument(
         "--no-transcode",
         action="store_true",
@@ -56,9 +60,16 @@ def _settings(args):
 def _open(args):
     from cope.codec.extract import open_video
 
-    return open_video(
+    video = open_video(
         args.video, _settings(args), no_transcode=args.no_transcode, cache_dir=args.cache_dir, progress=True
     )
+    if video.canonical is not None and video.canonical.lost_packets:
+        print(
+            f"cope: warning: {args.video}: {video.canonical.lost_packets} corrupt packets skipped; "
+            f"{video.source.frames} frames decoded",
+            file=sys.stderr,
+        )
+    return video
 
 
 def _check_plan_options(args, video) -> None:
@@ -119,7 +130,9 @@ def cmd_extract(args) -> int:
         raise CopeInputError(f"{out.parent}: output directory does not exist")
     video = _open(args)
     try:
-        plan = video.plan(fusion=args.fusion, keyframes_per_gop=args.keyframes_per_gop, max_gops=args.max_gops)
+        plan = video.plan(
+            fusion=args.fusion, keyframes_per_gop=args.keyframes_per_gop, max_gops=args.max_gops
+        )
     except ValueError as exc:
         raise CopeInputError(str(exc)) from None
     h, w = video.info.height, video.info.width
@@ -160,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="stream summary, GOPs and token plans of a video")
     inspect.add_argument("video", help="any video file PyAV/FFmpeg can read")
     inspect.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    inspect.add_argument("--plot", metavar="OUT.png", help="draw the GOP timeline, a motion field and a residual")
+    inspect.add_argument(
+        "--plot", metavar="OUT.png", help="draw the GOP timeline, a motion field and a residual"
+    )
     inspect.add_argument("--fusion", type=int, default=30, help="P-frames fused per Δ-frame (default: 30)")
     _add_canonical_options(inspect)
     inspect.set_defaults(func=cmd_inspect)
@@ -169,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("video", help="any video file PyAV/FFmpeg can read")
     extract.add_argument("--out", required=True, metavar="FILE.npz", help="output archive")
     extract.add_argument("--fusion", type=int, default=30, help="P-frames fused per Δ-frame; 1 = no fusion")
-    extract.add_argument("--keyframes-per-gop", type=int, default=1, help="RGB keyframes per GOP (1, 2, 4, …)")
+    extract.add_argument(
+        "--keyframes-per-gop", type=int, default=1, help="RGB keyframes per GOP (1, 2, 4, …)"
+    )
     extract.add_argument("--max-gops", type=int, default=64, help="GOP cap, uniform GOP sampling beyond")
     extract.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     extract.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -191,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # an internal error: one line, the traceback only on request
         if os.environ.get("COPE_DEBUG"):
             raise
-        print(f"cope: internal error: {type(exc).__name__}: {exc} (set COPE_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"cope: internal error: {type(exc).__name__}: {exc} (set COPE_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -28,7 +28,7 @@ class NpzStreamWriter:
 
     def append(self, name: str, item) -> None:
         shape, dtype = self.spec[name]
-        array = np.ascontiguousarray(item, dtype=dtype)
+        array = np.asarray(item, dtype=dtype)  # tobytes() below writes C order
         if array.shape != shape:
             raise ValueError(f"{name}: item shape {array.shape} != declared {shape}")
         self.files[name].write(array.tobytes())

@@ -116,6 +116,8 @@ def cope_plan(
     one of a video) keeps the slots that fit in it.
     """
     spacing = keyframe_spacing(gop_size, fusion, keyframes_per_gop)
+    if max_gops < 1:
+        raise ValueError(f"max GOPs must be ≥ 1, got {max_gops}")
     bounds = gop_bounds(num_frames, gop_starts)
     entries: list[PlanEntry] = []
     for gop in select_gops(len(bounds), max_gops):
@@ -135,7 +137,9 @@ def dense_frame_indices(num_frames: int, num_samples: int = DENSE_FRAMES) -> lis
     return [int(i) for i in np.linspace(0, num_frames - 1, num_samples, dtype=int)]
 
 
-def dense_plan(num_frames: int, num_samples: int = DENSE_FRAMES, gop_starts: list[int] | None = None) -> TokenPlan:
+def dense_plan(
+    num_frames: int, num_samples: int = DENSE_FRAMES, gop_starts: list[int] | None = None
+) -> TokenPlan:
     """The dense-RGB baseline: ``num_samples`` uniformly sampled frames, all as image tokens."""
     starts = np.asarray(gop_starts if gop_starts else [0])
     entries = tuple(
@@ -145,7 +149,9 @@ def dense_plan(num_frames: int, num_samples: int = DENSE_FRAMES, gop_starts: lis
     return TokenPlan(entries)
 
 
-def standard_plans(num_frames: int, gop_starts: list[int], gop_size: int, fusion: int = DEFAULT_FUSION) -> dict:
+def standard_plans(
+    num_frames: int, gop_starts: list[int], gop_size: int, fusion: int = DEFAULT_FUSION
+) -> dict:
     """The plans ``cope inspect`` reports: dense64 and CoPE at 1, 2 and 4 keyframes per GOP."""
     plans = {"dense64": dense_plan(num_frames, DENSE_FRAMES, gop_starts)}
     for k in (1, 2, 4):

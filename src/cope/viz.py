@@ -42,7 +42,9 @@ def plot_codec_view(video: CodecVideo, out: str | Path, fusion: int = 30) -> Pat
     _draw_timeline(fig.add_subplot(grid[0, :]), video, plan, fusion)
     if not pframes:
         ax = fig.add_subplot(grid[1, :])
-        ax.text(0.5, 0.5, "no fused P-frame in the first GOP (video shorter than the fusion window)", ha="center")
+        ax.text(
+            0.5, 0.5, "no fused P-frame in the first GOP (video shorter than the fusion window)", ha="center"
+        )
         ax.axis("off")
     else:
         strongest = max(pframes, key=lambda p: float(np.abs(p.mv).mean()))
@@ -65,7 +67,9 @@ def _draw_timeline(ax, video: CodecVideo, plan, fusion: int) -> None:
     kept_i = [e.index for e in plan.entries if e.kind == "I"]
     kept_p = [e.index for e in plan.entries if e.kind == "P"]
     ax.plot(kept_i, np.full(len(kept_i), 1.1), "v", color="tab:red", label="image tokens (210)")
-    ax.plot(kept_p, np.full(len(kept_p), 0.55), "v", color="tab:blue", label=f"Δ-tokens (10), fused over {fusion}")
+    ax.plot(
+        kept_p, np.full(len(kept_p), 0.55), "v", color="tab:blue", label=f"Δ-tokens (10), fused over {fusion}"
+    )
     ax.set_ylim(0, 1.35)
     ax.set_yticks([])
     ax.set_xlabel("frame (canonical stream, display order)")

@@ -22,9 +22,7 @@ def interior(a):
     return a[24:-24, 24:-24]
 
 
-@pytest.mark.parametrize(
-    ("clip", "dx", "dy"), [("integer_clip", 2.0, 0.0), ("halfpel_clip", 1.5, -0.5)]
-)
+@pytest.mark.parametrize(("clip", "dx", "dy"), [("integer_clip", 2.0, 0.0), ("halfpel_clip", 1.5, -0.5)])
 def test_motion_vectors_match_known_displacement(clip, dx, dy, cache_dir, request):
     video = open_video(request.getfixturevalue(clip), SETTINGS, cache_dir=cache_dir)
     for p in pframes(video, fusion=1)[1:]:
@@ -156,7 +154,10 @@ def test_iframes_land_every_gop(integer_clip, cache_dir):
     assert video.info.frame_types == {"I": 4, "P": 57, "B": 0}
     entries = list(video.entries(video.plan(fusion=10, keyframes_per_gop=1)))
     assert [(type(e).__name__, e.index) for e in entries[:4]] == [
-        ("IFrame", 0), ("PFrame", 10), ("IFrame", 20), ("PFrame", 30)
+        ("IFrame", 0),
+        ("PFrame", 10),
+        ("IFrame", 20),
+        ("PFrame", 30),
     ]
 
 

@@ -123,7 +123,7 @@ def file_sha256(path: Path) -> str:
 
 def transcode(
     path: str | os.PathLike,
-    settings: CanonicalSettings = CanonicalSettings(),
+    settings: CanonicalSettings | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> CanonicalVideo:
@@ -134,6 +134,7 @@ def transcode(
     last), so a killed run never leaves an entry that looks complete.
     """
     path = check_video_path(path)
+    settings = settings or CanonicalSettings()
     settings.validate()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -161,9 +162,11 @@ def _rotation_filters(stream, first_frame) -> list[tuple[str, str]]:
     """Filters that apply display-matrix rotation, as the ffmpeg command line does."""
     rotation = getattr(first_frame, "rotation", 0) or 0
     theta = round(-rotation) % 360  # ffmpeg's get_rotation(): counter-clockwise → clockwise
-    return {90: [("transpose", "clock")], 180: [("hflip", ""), ("vflip", "")], 270: [("transpose", "cclock")]}.get(
-        theta, []
-    )
+    return {
+        90: [("transpose", "clock")],
+        180: [("hflip", ""), ("vflip", "")],
+        270: [("transpose", "cclock")],
+    }.get(theta, [])
 
 
 def _build_graph(stream, first_frame, settings: CanonicalSettings):
@@ -209,7 +212,11 @@ def _encode_canonical(path, settings, cache_dir, video_path, progress) -> tuple[
     source = _SourceCounter(stream)
     partial = video_path.with_suffix(".partial")
     bar = tqdm(
-        total=stream.frames or None, unit="frame", desc=f"transcode {path.name}", disable=not progress, leave=False
+        total=stream.frames or None,
+        unit="frame",
+        desc=f"transcode {path.name}",
+        disable=not progress,
+        leave=False,
     )
     graph = encoder = None
     lost = 0

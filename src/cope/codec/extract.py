@@ -20,11 +20,11 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from cope.codec.canonical import CanonicalSettings, CanonicalVideo, transcode
 from cope.codec.fusion import MotionAccumulator, fused_residual
 from cope.codec.primitives import Gop, IFrame, PFrame, StreamInfo
 from cope.codec.reader import CanonicalReader, DecodedFrame, StreamScan
 from cope.codec.residual import dense_motion_field, predict_frame
-from cope.codec.canonical import CanonicalSettings, CanonicalVideo, transcode
 from cope.plan import MAX_GOPS, TokenPlan, cope_plan, dense_frame_indices, standard_plans
 
 
@@ -82,13 +82,20 @@ class CodecVideo:
 
     def plan(self, fusion: int = 30, keyframes_per_gop: int = 1, max_gops: int = MAX_GOPS) -> TokenPlan:
         return cope_plan(
-            self.scan.num_frames, self.scan.gop_starts, self._nominal_gop(fusion), fusion, keyframes_per_gop, max_gops
+            self.scan.num_frames,
+            self.scan.gop_starts,
+            self._nominal_gop(fusion),
+            fusion,
+            keyframes_per_gop,
+            max_gops,
         )
 
     def standard_plans(self, fusion: int = 30) -> dict[str, TokenPlan]:
         return standard_plans(self.scan.num_frames, self.scan.gop_starts, self._nominal_gop(fusion), fusion)
 
-    def entries(self, plan: TokenPlan, with_rgb: bool = False, progress: bool = False) -> Iterator[IFrame | PFrame]:
+    def entries(
+        self, plan: TokenPlan, with_rgb: bool = False, progress: bool = False
+    ) -> Iterator[IFrame | PFrame]:
         """Yield the plan's I-frames (RGB) and P-frames (MV + residual) in temporal order.
 
         ``with_rgb`` also attaches each P-frame's decoded RGB frame (stage-1 pre-training targets).
@@ -117,11 +124,28 @@ class CodecVideo:
                     rgb = frame.rgb()
                     mv = accumulator.dense()
                     residual = fused_residual(rgb, reference_rgb, mv)
-                    yield PFrame(frame.index, entry.ref_index, frame.pts, frame.gop, mv, residual, _maybe(rgb, with_rgb))
+                    yield PFrame(
+                        frame.index,
+                        entry.ref_index,
+                        frame.pts,
+                        frame.gop,
+                        mv,
+                        residual,
+                        _maybe(rgb, with_rgb),
+                    )
                 else:
                     rgb = frame.rgb()
                     mv, residual = exact_residual(frame, previous)
-                    yield PFrame(frame.index, entry.ref_index, frame.pts, frame.gop, mv, residual, _maybe(rgb, with_rgb))
+                    yield PFrame(
+                        frame.index,
+                        entry.ref_index,
+                        frame.pts,
+                        frame.gop,
+                        mv,
+                        residual,
+                        _maybe(rgb, with_rgb),
+                        intra=frame.motion.intra.copy(),
+                    )
                 reference_rgb, previous = rgb, frame
                 accumulator.reset()
 
@@ -156,7 +180,7 @@ def _maybe(rgb: np.ndarray, keep: bool) -> np.ndarray | None:
 
 def open_video(
     path: str | Path,
-    settings: CanonicalSettings = CanonicalSettings(),
+    settings: CanonicalSettings | None = None,
     no_transcode: bool = False,
     cache_dir: str | Path | None = None,
     progress: bool = False,
@@ -169,5 +193,5 @@ def open_video(
     if no_transcode:
         reader = CanonicalReader(path)
         return CodecVideo(reader, reader.scan().info, canonical=None)
-    canonical = transcode(path, settings, cache_dir, progress=progress)
+    canonical = transcode(path, settings or CanonicalSettings(), cache_dir, progress=progress)
     return CodecVideo(CanonicalReader(canonical.path), canonical.source, canonical)

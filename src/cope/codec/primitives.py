@@ -58,6 +58,9 @@ class PFrame:
     mv: np.ndarray  # (H, W, 2) float32, pixels
     residual: np.ndarray  # (H, W, 3) int16, −255…255
     rgb: np.ndarray | None = None  # (H, W, 3) uint8 decoded frame, when asked for (pre-training)
+    # Unfused P-frames only: (H/16, W/16) bool, macroblocks coded intra (no vector; their
+    # residual is the whole block). None after fusion, where every pixel has a traced origin.
+    intra: np.ndarray | None = None
 
 
 @dataclass

@@ -15,9 +15,9 @@ import av
 import numpy as np
 
 from cope.codec.bitstream import VolHeader, VopHeader, parse_vol, parse_vop
+from cope.codec.canonical import check_video_path, open_video_stream
 from cope.codec.primitives import StreamInfo
 from cope.codec.residual import MacroblockMotion, macroblock_motion
-from cope.codec.canonical import check_video_path, open_video_stream
 from cope.errors import CopeInputError
 
 
@@ -177,7 +177,9 @@ class CanonicalReader:
                     if header.coding_type == "P":
                         motion = macroblock_motion(self._motion_vectors(frame, index), mb_rows, mb_cols)
                     pts = frame.pts * time_base if frame.pts is not None else index / (self.fps or 1.0)
-                    yield DecodedFrame(index, pts, gop, header.coding_type, header.rounding_type, motion, frame)
+                    yield DecodedFrame(
+                        index, pts, gop, header.coding_type, header.rounding_type, motion, frame
+                    )
         finally:
             container.close()
 

@@ -1,0 +1,167 @@
+"""Codec engine throughput and memory, as JSON on stdout.
+
+    python benchmarks/codec_throughput.py [--seconds 12] [--long-minutes 10] [--repeats 3]
+
+For each canonical size (384×384, and 640×368 — 360 is not a multiple of 16, so the 640×360
+case is encoded at the next multiple) it reports, on the same canonical file in the same process:
+
+* ``plain_decode_fps``: decode every frame, no conversion (the floor any pipeline pays);
+* ``decode_rgb_fps``: decode + RGB for every frame (what a dense-RGB pipeline at native fps pays);
+* ``extract_s30_fps`` / ``extract_s1_fps``: ``cope extract``'s work (MV export, residual, fusion),
+  frames of video per second; ratios against both baselines;
+* ``transcode_fps``: source frames per second into the canonical stream.
+
+Then the peak RSS of extraction (s = 30) on a short clip and on a ``--long-minutes`` clip, each in
+its own process: bounded memory means the two are about equal. Medians over ``--repeats`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+
+from cope.codec import CanonicalSettings, open_video, transcode
+from cope.codec.canonical import sample_video_path
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def plain_decode(path: Path, rgb: bool) -> None:
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            if rgb:
+                frame.to_ndarray(format="rgb24")
+
+
+def extract(path: Path, fusion: int) -> None:
+    video = open_video(path, no_transcode=True)
+    for _ in video.entries(video.plan(fusion=fusion)):
+        pass
+
+
+def make_long_source(path: Path, minutes: float, size: tuple[int, int]) -> Path:
+    """A long MPEG-4 source made by looping the bundled sample (fast to encode)."""
+    with av.open(str(sample_video_path())) as src:
+        frames = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)]
+    total = int(minutes * 60 * 30)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=30, options={"qmin": "3", "qmax": "3"})
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(total):
+            # Ping-pong through the sample so motion stays continuous.
+            k = i % (2 * len(frames) - 2)
+            image = frames[k if k < len(frames) else 2 * len(frames) - 2 - k]
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(size[0], size[1])
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+PEAK_RSS_CHILD = """
+import resource, sys
+from cope.codec import open_video
+video = open_video(sys.argv[1], cache_dir=sys.argv[2])
+frames = 0
+for entry in video.entries(video.plan(fusion=30)):
+    frames += 1
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, video.info.frames)
+"""
+
+
+def peak_rss_mb(path: Path, cache_dir: Path) -> tuple[float, int]:
+    """Transcode first (cached), then measure extraction alone in a fresh process."""
+    transcode(path, CanonicalSettings(), cache_dir)
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_CHILD, str(path), str(cache_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return int(out[0]) / 1024, int(out[1])
+
+
+def bench_size(source: Path, size: tuple[int, int], repeats: int, work: Path) -> dict:
+    settings = CanonicalSettings(width=size[0], height=size[1])
+    cache = work / f"cache-{size[0]}x{size[1]}"
+    start = time.perf_counter()
+    canonical = transcode(source, settings, cache)
+    transcode_s = time.perf_counter() - start
+    path = canonical.path
+    n = open_video(path, no_transcode=True).info.frames
+    plain = median_time(lambda: plain_decode(path, rgb=False), repeats)
+    with_rgb = median_time(lambda: plain_decode(path, rgb=True), repeats)
+    s30 = median_time(lambda: extract(path, 30), repeats)
+    s1 = median_time(lambda: extract(path, 1), max(1, repeats // 2))
+    return {
+        "canonical_size": f"{size[0]}x{size[1]}",
+        "frames": n,
+        "transcode_fps": round(canonical.source.frames / transcode_s, 1),
+        "plain_decode_fps": round(n / plain, 1),
+        "decode_rgb_fps": round(n / with_rgb, 1),
+        "extract_s30_fps": round(n / s30, 1),
+        "extract_s1_fps": round(n / s1, 1),
+        "extract_s30_vs_plain_decode": round(plain / s30, 3),
+        "extract_s30_vs_decode_rgb": round(with_rgb / s30, 3),
+        "extract_s1_vs_plain_decode": round(plain / s1, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--long-minutes", type=float, default=10.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        source = sample_video_path()
+        sizes = [bench_size(source, size, args.repeats, work) for size in ((384, 384), (640, 368))]
+        short = make_long_source(work / "short.avi", 1.0, (384, 384))
+        long = make_long_source(work / "long.avi", args.long_minutes, (384, 384))
+        short_rss, short_frames = peak_rss_mb(short, work / "cache-rss")
+        long_rss, long_frames = peak_rss_mb(long, work / "cache-rss")
+    report = {
+        "benchmark": "codec_throughput",
+        "machine_note": "shared 2-core CPU; compare ratios within one run, not absolute numbers",
+        "sizes": sizes,
+        "memory": {
+            "short_clip": {
+                "minutes": 1.0,
+                "frames": short_frames,
+                "extract_peak_rss_mb": round(short_rss, 1),
+            },
+            "long_clip": {
+                "minutes": args.long_minutes,
+                "frames": long_frames,
+                "extract_peak_rss_mb": round(long_rss, 1),
+            },
+            "long_over_short_rss": round(long_rss / short_rss, 3),
+        },
+        "targets": {"extract_s30_vs_plain_decode": ">= 0.5", "peak_memory": "independent of video length"},
+        "numpy": np.__version__,
+        "av": av.__version__,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
