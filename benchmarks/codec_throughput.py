@@ -7,6 +7,8 @@ case is encoded at the next multiple) it reports, on the same canonical file in 
 
 * ``plain_decode_fps``: decode every frame, no conversion (the floor any pipeline pays);
 * ``decode_rgb_fps``: decode + RGB for every frame (what a dense-RGB pipeline at native fps pays);
+* ``decode_mv_export_fps``: decode with FFmpeg's motion-vector export, no cope code (the ceiling
+  for any extractor built on FFmpeg's export);
 * ``extract_s30_fps`` / ``extract_s1_fps``: ``cope extract``'s work (MV export, residual, fusion),
   frames of video per second; ratios against both baselines;
 * ``transcode_fps``: source frames per second into the canonical stream.
@@ -42,11 +44,16 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def plain_decode(path: Path, rgb: bool) -> None:
+def plain_decode(path: Path, rgb: bool = False, mvs: bool = False) -> None:
     with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
+        stream = container.streams.video[0]
+        if mvs:
+            stream.codec_context.options = {"flags2": "+export_mvs"}
+        for frame in container.decode(stream):
             if rgb:
                 frame.to_ndarray(format="rgb24")
+            if mvs and (side := frame.side_data.get("MOTION_VECTORS")) is not None:
+                side.to_ndarray()
 
 
 def extract(path: Path, fusion: int) -> None:
@@ -76,13 +83,16 @@ def make_long_source(path: Path, minutes: float, size: tuple[int, int]) -> Path:
 
 
 PEAK_RSS_CHILD = """
-import resource, sys
+import sys
+from pathlib import Path
 from cope.codec import open_video
+# A forked child inherits its parent's high-water mark; "5" resets it (Linux ≥ 4.0).
+Path("/proc/self/clear_refs").write_text("5")
 video = open_video(sys.argv[1], cache_dir=sys.argv[2])
-frames = 0
 for entry in video.entries(video.plan(fusion=30)):
-    frames += 1
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, video.info.frames)
+    pass
+status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+print(int(status["VmHWM"].split()[0]), video.info.frames)
 """
 
 
@@ -108,6 +118,7 @@ def bench_size(source: Path, size: tuple[int, int], repeats: int, work: Path) ->
     n = open_video(path, no_transcode=True).info.frames
     plain = median_time(lambda: plain_decode(path, rgb=False), repeats)
     with_rgb = median_time(lambda: plain_decode(path, rgb=True), repeats)
+    with_mvs = median_time(lambda: plain_decode(path, mvs=True), repeats)
     s30 = median_time(lambda: extract(path, 30), repeats)
     s1 = median_time(lambda: extract(path, 1), max(1, repeats // 2))
     return {
@@ -116,10 +127,12 @@ def bench_size(source: Path, size: tuple[int, int], repeats: int, work: Path) ->
         "transcode_fps": round(canonical.source.frames / transcode_s, 1),
         "plain_decode_fps": round(n / plain, 1),
         "decode_rgb_fps": round(n / with_rgb, 1),
+        "decode_mv_export_fps": round(n / with_mvs, 1),
         "extract_s30_fps": round(n / s30, 1),
         "extract_s1_fps": round(n / s1, 1),
         "extract_s30_vs_plain_decode": round(plain / s30, 3),
         "extract_s30_vs_decode_rgb": round(with_rgb / s30, 3),
+        "decode_mv_export_vs_plain_decode": round(plain / with_mvs, 3),
         "extract_s1_vs_plain_decode": round(plain / s1, 3),
     }
 

@@ -91,7 +91,7 @@ def cmd_inspect(args) -> int:
     if args.plot:
         from cope.viz import plot_codec_view
 
-        plot_codec_view(video, args.plot, args.fusion)
+        plot_codec_view(video, args.plot, args.fusion, name=Path(args.video).name)
         print(f"plot written to {args.plot}", file=sys.stderr)
     if args.json:
         print(json.dumps(report))

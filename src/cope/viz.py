@@ -23,7 +23,7 @@ def flow_to_rgb(mv: np.ndarray) -> np.ndarray:
     return hsv_to_rgb(hsv)
 
 
-def plot_codec_view(video: CodecVideo, out: str | Path, fusion: int = 30) -> Path:
+def plot_codec_view(video: CodecVideo, out: str | Path, fusion: int = 30, name: str | None = None) -> Path:
     """Draw the canonical stream's GOP timeline and the first GOP's strongest fused P-frame."""
     import matplotlib
 
@@ -48,11 +48,10 @@ def plot_codec_view(video: CodecVideo, out: str | Path, fusion: int = 30) -> Pat
         ax.axis("off")
     else:
         strongest = max(pframes, key=lambda p: float(np.abs(p.mv).mean()))
-        ref_rgb = reference.get(strongest.ref_index)
-        _draw_frame(fig.add_subplot(grid[1, 0]), strongest, ref_rgb, fusion)
+        _draw_frame(fig.add_subplot(grid[1, 0]), strongest, reference.get(strongest.ref_index))
         _draw_motion(fig.add_subplot(grid[1, 1]), strongest, fusion)
         _draw_residual(fig, fig.add_subplot(grid[1, 2]), strongest)
-    fig.suptitle(f"{video.reader.path.name}: what the codec sees", fontsize=13)
+    fig.suptitle(f"{name or video.reader.path.name}: what the codec sees", fontsize=13)
     out = Path(out)
     fig.savefig(out, dpi=90)
     plt.close(fig)
@@ -80,9 +79,9 @@ def _draw_timeline(ax, video: CodecVideo, plan, fusion: int) -> None:
     ax.legend(loc="upper right", fontsize=8, ncol=4)
 
 
-def _draw_frame(ax, pframe: PFrame, ref_rgb, fusion: int) -> None:
-    if ref_rgb is not None:
-        ax.imshow(ref_rgb.rgb)
+def _draw_frame(ax, pframe: PFrame, reference: IFrame | None) -> None:
+    if reference is not None:
+        ax.imshow(reference.rgb)
     ax.set_title(f"reference frame {pframe.ref_index}")
     ax.axis("off")
 

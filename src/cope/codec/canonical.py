@@ -236,9 +236,6 @@ def _encode_canonical(path, settings, cache_dir, video_path, progress) -> tuple[
             _drain(graph, encoder, output, source, settings.fps)
             for packet in encoder.encode(None):
                 output.mux(packet)
-    except CopeInputError:
-        partial.unlink(missing_ok=True)
-        raise
     except BaseException:
         partial.unlink(missing_ok=True)  # never leave a half-written stream behind
         raise
@@ -253,10 +250,7 @@ def _decode_tolerant(container, stream, counter: _SourceCounter):
     for packet in container.demux(stream):
         try:
             frames = packet.decode()
-        except av.error.InvalidDataError:
-            counter.lost_packets += 1
-            continue
-        except av.error.FFmpegError:
+        except av.error.FFmpegError:  # InvalidDataError and friends: corrupt data
             counter.lost_packets += 1
             continue
         for frame in frames:

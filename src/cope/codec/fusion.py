@@ -62,8 +62,9 @@ class MotionAccumulator:
         np.clip(src_y, 0, self.rows - 1, out=src_y)
         np.clip(src_x, 0, self.cols - 1, out=src_x)
         field = m + self.field[src_y, src_x]
-        intra = np.repeat(np.repeat(motion.intra, 16 // self.cell, 0), 16 // self.cell, 1)
-        field[intra[: self.rows, : self.cols]] = 0.0
+        if motion.intra.any():
+            intra = np.repeat(np.repeat(motion.intra, 16 // self.cell, 0), 16 // self.cell, 1)
+            field[intra[: self.rows, : self.cols]] = 0.0
         self.field = field
         self.steps += 1
 
@@ -78,18 +79,23 @@ def warp_bilinear(image: np.ndarray, field: np.ndarray) -> np.ndarray:
 
     Returns float32 (H, W, C). Half-pel positions average two or four pixels.
     """
-    h, w = image.shape[:2]
+    h, w, channels = image.shape
     y = np.arange(h, dtype=np.float32)[:, None] + field[..., 1]
     x = np.arange(w, dtype=np.float32)[None, :] + field[..., 0]
     y0, x0 = np.floor(y), np.floor(x)
     wy, wx = (y - y0)[..., None], (x - x0)[..., None]
-    y0, x0 = y0.astype(np.int64), x0.astype(np.int64)
+    y0, x0 = y0.astype(np.int32), x0.astype(np.int32)
     # Clamp both taps separately: outside the picture every tap reads the border pixel.
-    y1, x1 = np.clip(y0 + 1, 0, h - 1), np.clip(x0 + 1, 0, w - 1)
-    y0, x0 = np.clip(y0, 0, h - 1), np.clip(x0, 0, w - 1)
-    img = image.astype(np.float32)
-    top = img[y0, x0] * (1 - wx) + img[y0, x1] * wx
-    bottom = img[y1, x0] * (1 - wx) + img[y1, x1] * wx
+    # Rows are pre-multiplied by the width so each tap is one flat gather of C-channel pixels.
+    row0, row1 = np.clip(y0, 0, h - 1) * w, np.clip(y0 + 1, 0, h - 1) * w
+    col0, col1 = np.clip(x0, 0, w - 1), np.clip(x0 + 1, 0, w - 1)
+    pixels = image.reshape(h * w, channels)
+
+    def tap(rows, cols):
+        return pixels.take(rows + cols, axis=0).astype(np.float32)
+
+    top = tap(row0, col0) * (1 - wx) + tap(row0, col1) * wx
+    bottom = tap(row1, col0) * (1 - wx) + tap(row1, col1) * wx
     return top * (1 - wy) + bottom * wy
 
 

@@ -66,9 +66,8 @@ def macroblock_motion(mvs: np.ndarray | None, mb_rows: int, mb_cols: int) -> Mac
         motion, size, x0, y0 = motion[inside], size[inside], x0[inside], y0[inside]
         mb_y, mb_x = y0 // 16, x0 // 16
         big = size == 16
-        for quadrant in range(4):  # 16×16 blocks fill all four 8×8 slots
-            mv8[mb_y[big], mb_x[big], quadrant] = motion[big]
-            covered[mb_y[big], mb_x[big], quadrant] = True
+        mv8[mb_y[big], mb_x[big]] = motion[big][:, None, :]  # a 16×16 block fills all four 8×8 slots
+        covered[mb_y[big], mb_x[big]] = True
         small = size == 8
         quadrant = ((y0[small] % 16) // 8) * 2 + (x0[small] % 16) // 8
         mv8[mb_y[small], mb_x[small], quadrant] = motion[small]
