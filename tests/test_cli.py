@@ -265,3 +265,4 @@ def test_corrupt_middle_decodes_what_it_can(tmp_path, sample_video, cache_dir):
     result = run("inspect", path, "--json", "--cache-dir", cache_dir)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["canonical"]["frames"] > 300
+    assert "decode errors" in result.stderr and "frames decoded" in result.stderr

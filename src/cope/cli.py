@@ -63,10 +63,10 @@ def _open(args):
     video = open_video(
         args.video, _settings(args), no_transcode=args.no_transcode, cache_dir=args.cache_dir, progress=True
     )
-    if video.canonical is not None and video.canonical.lost_packets:
+    if video.canonical is not None and video.canonical.decode_errors:
         print(
-            f"cope: warning: {args.video}: {video.canonical.lost_packets} corrupt packets skipped; "
-            f"{video.source.frames} frames decoded",
+            f"cope: warning: {args.video}: FFmpeg reported {video.canonical.decode_errors} decode errors "
+            f"(damaged data concealed or skipped); {video.source.frames} frames decoded",
             file=sys.stderr,
         )
     return video

@@ -66,7 +66,9 @@ class CanonicalVideo:
     path: Path
     source: StreamInfo
     settings: CanonicalSettings | None  # None: the input's own stream (--no-transcode)
-    lost_packets: int = 0  # source packets the decoder rejected (corrupt data)
+    # Corrupt source data: packets the decoder rejected plus errors FFmpeg logged while decoding
+    # (H.264 conceals damaged macroblocks and still outputs the frame).
+    decode_errors: int = 0
 
 
 def default_cache_dir() -> Path:
@@ -142,13 +144,13 @@ def transcode(
     video_path, meta_path = cache_dir / f"{stem}.mp4", cache_dir / f"{stem}.json"
     if video_path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        return CanonicalVideo(video_path, StreamInfo(**meta["source"]), settings, meta["lost_packets"])
+        return CanonicalVideo(video_path, StreamInfo(**meta["source"]), settings, meta["decode_errors"])
 
-    source, lost = _encode_canonical(path, settings, cache_dir, video_path, progress)
-    _atomic_write_text(meta_path, json.dumps({"source": source.to_dict(), "lost_packets": lost}))
+    source, errors = _encode_canonical(path, settings, cache_dir, video_path, progress)
+    _atomic_write_text(meta_path, json.dumps({"source": source.to_dict(), "decode_errors": errors}))
     # The sidecar is written first; the video's rename below is what completes the entry.
     os.replace(video_path.with_suffix(".partial"), video_path)
-    return CanonicalVideo(video_path, source, settings, lost)
+    return CanonicalVideo(video_path, source, settings, errors)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -219,9 +221,10 @@ def _encode_canonical(path, settings, cache_dir, video_path, progress) -> tuple[
         leave=False,
     )
     graph = encoder = None
-    lost = 0
+    log_level = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)  # count decoder errors instead of printing them
     try:
-        with av.open(str(partial), "w", format="mp4") as output:
+        with av.logging.Capture(local=False) as logs, av.open(str(partial), "w", format="mp4") as output:
             for frame in _decode_tolerant(container, stream, source):
                 if graph is None:
                     graph = _build_graph(stream, frame, settings)
@@ -229,9 +232,10 @@ def _encode_canonical(path, settings, cache_dir, video_path, progress) -> tuple[
                 graph.push(frame)
                 _drain(graph, encoder, output, source, settings.fps)
                 bar.update(1)
-            lost = source.lost_packets
             if graph is None:
-                raise CopeInputError(f"{path}: no decodable video frames ({lost} corrupt packets)")
+                raise CopeInputError(
+                    f"{path}: no decodable video frames ({source.lost_packets} corrupt packets)"
+                )
             graph.push(None)
             _drain(graph, encoder, output, source, settings.fps)
             for packet in encoder.encode(None):
@@ -240,9 +244,11 @@ def _encode_canonical(path, settings, cache_dir, video_path, progress) -> tuple[
         partial.unlink(missing_ok=True)  # never leave a half-written stream behind
         raise
     finally:
+        av.logging.set_level(log_level)
         bar.close()
         container.close()
-    return source.info(path), lost
+    errors = source.lost_packets + sum(1 for level, _, _ in logs if level <= av.logging.ERROR)
+    return source.info(path), errors
 
 
 def _decode_tolerant(container, stream, counter: _SourceCounter):
@@ -256,12 +262,7 @@ def _decode_tolerant(container, stream, counter: _SourceCounter):
         for frame in frames:
             counter.add(frame)
             yield frame
-    try:  # flush frames the decoder still holds (reordering delay)
-        for frame in stream.codec_context.decode(None):
-            counter.add(frame)
-            yield frame
-    except av.error.FFmpegError:
-        counter.lost_packets += 1
+    # demux() ends with an empty packet, whose decode() flushes the frames the decoder still holds.
 
 
 def _drain(graph, encoder, output, counter, fps: int) -> None:
