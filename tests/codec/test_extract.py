@@ -189,3 +189,13 @@ def test_skipped_gops_are_not_decoded(integer_clip, cache_dir):
     assert decoded == list(range(30, 40))
     entries = list(video.entries(plan))
     assert [e.index for e in entries] == [0, 5, 30, 35, 60]
+
+
+def test_damaged_cache_sidecar_is_rebuilt(integer_clip, tmp_path):
+    from cope.codec import transcode
+
+    first = transcode(integer_clip, SETTINGS, tmp_path)
+    first.path.with_suffix(".json").write_text("{not json")
+    again = transcode(integer_clip, SETTINGS, tmp_path)
+    assert again.path == first.path and again.source.frames == 61
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".mp4"]  # no leftovers

@@ -27,7 +27,7 @@ MAX_SOURCE_SIDE = 8192
 MAX_SOURCE_PIXELS = 8192 * 4352
 MAX_CANONICAL_SIDE = 2048
 # Bump when the canonical encoding changes, so old cache entries are not reused.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,11 @@ def transcode(
     stem = f"{file_sha256(path)}-{settings.cache_key()}"
     video_path, meta_path = cache_dir / f"{stem}.mp4", cache_dir / f"{stem}.json"
     if video_path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        return CanonicalVideo(video_path, StreamInfo(**meta["source"]), settings, meta["decode_errors"])
+        try:
+            meta = json.loads(meta_path.read_text())
+            return CanonicalVideo(video_path, StreamInfo(**meta["source"]), settings, meta["decode_errors"])
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged or foreign sidecar: transcode again and replace the entry
 
     source, errors = _encode_canonical(path, settings, cache_dir, video_path, progress)
     _atomic_write_text(meta_path, json.dumps({"source": source.to_dict(), "decode_errors": errors}))
