@@ -117,34 +117,19 @@ class CodecVideo:
                 if entry is None:
                     previous = frame
                     continue
+                rgb = frame.rgb()
                 if entry.kind == "I":
-                    rgb = frame.rgb()
                     yield IFrame(frame.index, frame.pts, frame.gop, rgb)
-                elif fused:
-                    rgb = frame.rgb()
-                    mv = accumulator.dense()
-                    residual = fused_residual(rgb, reference_rgb, mv)
-                    yield PFrame(
-                        frame.index,
-                        entry.ref_index,
-                        frame.pts,
-                        frame.gop,
-                        mv,
-                        residual,
-                        _maybe(rgb, with_rgb),
-                    )
                 else:
-                    rgb = frame.rgb()
-                    mv, residual = exact_residual(frame, previous)
+                    if fused:
+                        mv, intra = accumulator.dense(), None
+                        residual = fused_residual(rgb, reference_rgb, mv)
+                    else:
+                        mv, residual = exact_residual(frame, previous)
+                        intra = frame.motion.intra.copy()
+                    kept_rgb = rgb if with_rgb else None
                     yield PFrame(
-                        frame.index,
-                        entry.ref_index,
-                        frame.pts,
-                        frame.gop,
-                        mv,
-                        residual,
-                        _maybe(rgb, with_rgb),
-                        intra=frame.motion.intra.copy(),
+                        frame.index, entry.ref_index, frame.pts, frame.gop, mv, residual, kept_rgb, intra
                     )
                 reference_rgb, previous = rgb, frame
                 accumulator.reset()
@@ -172,10 +157,6 @@ class CodecVideo:
 
     def dense_frames(self, num_samples: int = 64) -> Iterator[tuple[int, np.ndarray]]:
         return self.read_frames(dense_frame_indices(self.scan.num_frames, num_samples))
-
-
-def _maybe(rgb: np.ndarray, keep: bool) -> np.ndarray | None:
-    return rgb if keep else None
 
 
 def open_video(
