@@ -92,3 +92,13 @@ def test_standard_plans_names():
     plans = standard_plans(1920, regular_gop_starts(1920, 240), 240)
     assert list(plans) == ["dense64", "cope_k1", "cope_k2", "cope_k4"]
     assert plans["dense64"].to_dict() == {"visual_tokens": 13440, "rgb_frames": 64, "delta_frames": 0}
+
+
+def test_token_layout_of_a_smaller_model():
+    from cope.plan import PAPER_LAYOUT, TokenLayout
+
+    assert (PAPER_LAYOUT.iframe_tokens, PAPER_LAYOUT.pframe_tokens, PAPER_LAYOUT.delta_tokens) == (210, 10, 8)
+    small = TokenLayout(image_side=7)
+    plan = plan_for(8, 1)
+    assert plan.tokens(small) == 7 * 8 + 7 * 10
+    assert plan.tokens(PAPER_LAYOUT) == plan.visual_tokens == 280

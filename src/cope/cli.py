@@ -7,69 +7,20 @@ Exit codes: 0 success, 2 bad usage or bad input (one line on stderr), 1 internal
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from pathlib import Path
 
 from cope import __version__
+from cope.commands.common import Parser, add_canonical_options, open_cli_video
 from cope.errors import CopeInputError
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse exits with 2 on bad usage already; keep its message to one line."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    return width, height
-
-
-def _add_canonical_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("canonical stream (what every input is transcoded to)")
-    group.add_argument("--fps", type=int, default=30, help="frame rate (default: 30, as the paper)")
-    group.add_argument("--gop", type=int, default=240, help="GOP length in frames (default: 240)")
-    group.add_argument(
-        "--size", type=_size, default=(384, 384), help="WIDTHxHEIGHT, multiples of 16 (384x384)"
-    )
-    group.add_argument("--quantizer", type=int, default=3, help="pinned MPEG-4 quantiser, 2–31 (default: 3)")
-    group.add_argument(
-        "--cache-dir", type=Path, default=None, help="transcode cache (default: ~/.cache/cope)"
-    )
-    group.add_argument(
-        "--no-transcode",
-        action="store_true",
-        help="read the input's own stream; it must be MPEG-4 Part 2 with I/P-frames only, half-pel",
-    )
-
-
-def _settings(args):
-    from cope.codec.canonical import CanonicalSettings
-
-    return CanonicalSettings(
-        fps=args.fps, gop=args.gop, width=args.size[0], height=args.size[1], quantizer=args.quantizer
-    )
-
-
-def _open(args):
-    from cope.codec.extract import open_video
-
-    video = open_video(
-        args.video, _settings(args), no_transcode=args.no_transcode, cache_dir=args.cache_dir, progress=True
-    )
-    if video.canonical is not None and video.canonical.decode_errors:
-        print(
-            f"cope: warning: {args.video}: FFmpeg reported {video.canonical.decode_errors} decode errors "
-            f"(damaged data concealed or skipped); {video.source.frames} frames decoded",
-            file=sys.stderr,
-        )
-    return video
+# Sub-commands that live in their own module ``cope.commands.<name>``, each exposing
+# ``register(commands)`` that adds its parser to the sub-parsers. Modules must import heavy
+# dependencies (torch, transformers, …) inside their command function, so ``cope --help`` stays fast.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _check_plan_options(args, video) -> None:
@@ -80,7 +31,7 @@ def _check_plan_options(args, video) -> None:
 
 
 def cmd_inspect(args) -> int:
-    video = _open(args)
+    video = open_cli_video(args)
     _check_plan_options(args, video)
     plans = video.standard_plans(args.fusion)
     report = {
@@ -128,7 +79,7 @@ def cmd_extract(args) -> int:
         raise CopeInputError(f"{out}: already exists (pass --overwrite to replace it)")
     if not out.parent.is_dir():
         raise CopeInputError(f"{out.parent}: output directory does not exist")
-    video = _open(args)
+    video = open_cli_video(args)
     try:
         plan = video.plan(
             fusion=args.fusion, keyframes_per_gop=args.keyframes_per_gop, max_gops=args.max_gops
@@ -166,9 +117,9 @@ def cmd_extract(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cope", description="Video language models that read video through its codec.")
+    parser = Parser(prog="cope", description="Video language models that read video through its codec.")
     parser.add_argument("--version", action="version", version=f"cope {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     inspect = commands.add_parser("inspect", help="stream summary, GOPs and token plans of a video")
     inspect.add_argument("video", help="any video file PyAV/FFmpeg can read")
@@ -177,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot", metavar="OUT.png", help="draw the GOP timeline, a motion field and a residual"
     )
     inspect.add_argument("--fusion", type=int, default=30, help="P-frames fused per Δ-frame (default: 30)")
-    _add_canonical_options(inspect)
+    add_canonical_options(inspect)
     inspect.set_defaults(func=cmd_inspect)
 
     extract = commands.add_parser("extract", help="write I-frames, motion vectors and residuals to .npz")
@@ -190,8 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--max-gops", type=int, default=64, help="GOP cap, uniform GOP sampling beyond")
     extract.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     extract.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    _add_canonical_options(extract)
+    add_canonical_options(extract)
     extract.set_defaults(func=cmd_extract)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"cope.commands.{name}").register(commands)
     return parser
 
 

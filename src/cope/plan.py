@@ -19,8 +19,37 @@ from dataclasses import dataclass
 
 import numpy as np
 
-IFRAME_TOKENS = 196 + 14  # 14×14 pooled SigLIP tokens + one newline per row
-PFRAME_TOKENS = 8 + 2  # 4 motion + 4 residual Δ-tokens as 2 rows of 4, + one newline per row
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How many LLM positions one RGB frame and one P-frame take ("grid" layout, one newline per row).
+
+    The paper's layout (``PAPER_LAYOUT``): an RGB frame is a 14×14 pooled grid + 14 newlines = 210,
+    a P-frame is 2 rows of 4 Δ-tokens (4 motion, 4 residual) + 2 newlines = 10. Small models may
+    pool to a smaller grid; their config carries their own layout.
+    """
+
+    image_side: int = 14  # pooled grid side: ceil(vision grid / 2), 27 → 14 for SigLIP-384/14
+    delta_rows: int = 2
+    delta_cols: int = 4
+
+    @property
+    def iframe_tokens(self) -> int:
+        return self.image_side * (self.image_side + 1)
+
+    @property
+    def pframe_tokens(self) -> int:
+        return self.delta_rows * (self.delta_cols + 1)
+
+    @property
+    def delta_tokens(self) -> int:
+        """Δ-tokens the encoder emits per P-frame (without newlines)."""
+        return self.delta_rows * self.delta_cols
+
+
+PAPER_LAYOUT = TokenLayout()
+IFRAME_TOKENS = PAPER_LAYOUT.iframe_tokens  # 196 pooled SigLIP tokens + 14 row newlines = 210
+PFRAME_TOKENS = PAPER_LAYOUT.pframe_tokens  # 8 Δ-tokens as 2 rows of 4 + 2 row newlines = 10
 DENSE_FRAMES = 64  # LLaVA-Video-7B's frame count
 MAX_GOPS = 64  # paper: 1 FPS up to 64 GOPs (512 s), uniform GOP sampling beyond
 DEFAULT_FUSION = 30  # paper: s = 30 frames → 1 effective FPS at 30 FPS
@@ -52,7 +81,12 @@ class TokenPlan:
 
     @property
     def visual_tokens(self) -> int:
-        return self.rgb_frames * IFRAME_TOKENS + self.delta_frames * PFRAME_TOKENS
+        """Visual tokens under the paper's layout (210 per RGB frame, 10 per P-frame)."""
+        return self.tokens(PAPER_LAYOUT)
+
+    def tokens(self, layout: TokenLayout) -> int:
+        """Visual tokens under a model's own layout."""
+        return self.rgb_frames * layout.iframe_tokens + self.delta_frames * layout.pframe_tokens
 
     @property
     def gops(self) -> list[int]:

@@ -1,0 +1,1 @@
+"""Models: the Δ-encoder, its pre-training heads, the CoPE VideoLM, and the shared vision path."""
