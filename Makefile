@@ -20,6 +20,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[train,serve,ray,test]"
+# lmms-eval without its dependencies (they pull torchvision + a CUDA torch and pin av<16), then
+# the subset its evaluator and command line import (the `eval` extra); pip reports the rest missing.
+	$(BIN)/pip install --quiet --no-deps lmms-eval==0.7.3
+	$(BIN)/pip install --quiet -e ".[eval]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

@@ -20,7 +20,19 @@ from cope.errors import CopeInputError
 # Sub-commands that live in their own module ``cope.commands.<name>``, each exposing
 # ``register(commands)`` that adds its parser to the sub-parsers. Modules must import heavy
 # dependencies (torch, transformers, …) inside their command function, so ``cope --help`` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "budget",
+    "preprocess",
+    "ask",
+    "chat",
+    "infer",
+    "pretrain",
+    "serve",
+    "finetune",
+    "motionqa",
+    "bench",
+    "eval",
+)
 
 
 def _check_plan_options(args, video) -> None:

@@ -19,8 +19,14 @@ import numpy as np
 class NpzStreamWriter:
     """Declare arrays as (item shape, dtype); ``append`` one item at a time; ``close`` commits."""
 
-    def __init__(self, path: str | os.PathLike, arrays: dict[str, tuple[tuple[int, ...], np.dtype]]):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        arrays: dict[str, tuple[tuple[int, ...], np.dtype]],
+        compresslevel: int | None = None,  # 0–9: deflate the members; None: store them
+    ):
         self.path = Path(path)
+        self.compresslevel = compresslevel
         self.spec = {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in arrays.items()}
         self.spool_dir = Path(tempfile.mkdtemp(prefix=".cope-npz-", dir=self.path.parent))
         self.files = {name: open(self.spool_dir / f"{name}.raw", "wb") for name in self.spec}
@@ -38,7 +44,8 @@ class NpzStreamWriter:
         for f in self.files.values():
             f.close()
         tmp = self.spool_dir / "archive.npz"
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        method = zipfile.ZIP_STORED if self.compresslevel is None else zipfile.ZIP_DEFLATED
+        with zipfile.ZipFile(tmp, "w", method, compresslevel=self.compresslevel, allowZip64=True) as archive:
             for name, (shape, dtype) in self.spec.items():
                 header = {
                     "descr": np.lib.format.dtype_to_descr(dtype),

@@ -1,0 +1,179 @@
+"""``cope ask VIDEO "QUESTION"``: one answer about one video, streamed to stdout.
+
+With ``--json`` stdout holds one object: ``{"answer", "model", "visual_tokens", "prompt_tokens",
+"ttft_s", "e2e_s", …}``. The options shared with ``cope chat`` and ``cope infer`` live here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+MODE_CHOICES = ("cope", "iframes-only", "dense", "delta-zero")
+
+
+def add_model_options(parser) -> None:
+    """--model, sampling and generation options (ask, chat, infer)."""
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        metavar="PATH_OR_ID",
+        help="CoPE checkpoint dir or hub id, or a LLaVA-OneVision base (default: the bundled tiny model)",
+    )
+    model.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, …")
+    model.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="auto: bf16 on CUDA",
+    )
+    sampling = parser.add_argument_group("sampling (defaults: the model's config)")
+    sampling.add_argument("--mode", choices=MODE_CHOICES, help="how the video becomes tokens")
+    sampling.add_argument("--keyframes-per-gop", type=int, help="RGB keyframes per GOP (1, 2, 4, …)")
+    sampling.add_argument("--fusion", type=int, help="P-frames fused per Δ-frame (30 = 1 per second)")
+    sampling.add_argument("--max-gops", type=int, help="GOP cap; longer videos take GOPs uniformly")
+    sampling.add_argument("--dense-frames", type=int, help="frames of the dense baseline (64)")
+    sampling.add_argument("--cache-dir", type=Path, help="transcode cache (default: ~/.cache/cope)")
+    generation = parser.add_argument_group("generation")
+    generation.add_argument("--max-new-tokens", type=int, default=256, help="answer length cap (256)")
+    generation.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    generation.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0)")
+    generation.add_argument("--seed", type=int, help="sampling seed")
+
+
+def generation_config(args):
+    from cope.model.videolm import GenerationConfig
+
+    check_positive(args)
+    return GenerationConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+    )
+
+
+def sampling_options(args) -> dict:
+    return {
+        "keyframes_per_gop": args.keyframes_per_gop,
+        "fusion": args.fusion,
+        "max_gops": args.max_gops,
+        "dense_frames": args.dense_frames,
+    }
+
+
+def check_positive(args) -> None:
+    from cope.errors import CopeInputError
+
+    for name in ("keyframes_per_gop", "fusion", "max_gops", "dense_frames", "max_new_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CopeInputError(f"--{name.replace('_', '-')} must be ≥ 1, got {value}")
+
+
+def model_config(args):
+    """(model name, CopeConfig) — read before any weights, so bad options and videos fail fast."""
+    from cope.model.videolm import CopeConfig, resolve_model
+
+    check_positive(args)
+    name = resolve_model(args.model)
+    return name, CopeConfig.from_pretrained(name)
+
+
+def load_model(args, name: str):
+    from cope.model.videolm import CopeVideoLM
+
+    return CopeVideoLM.from_pretrained(name, device=args.device, dtype=args.dtype)
+
+
+def open_model_video(config, path, args):
+    """Open (transcode, cached) a video into the canonical stream the model expects."""
+    from cope.codec.extract import open_video
+
+    return open_video(path, config.canonical, cache_dir=args.cache_dir, progress=True)
+
+
+def check_mode(config, args) -> str:
+    """The mode to run; "cope" needs a model with a Δ-encoder."""
+    from cope.errors import CopeInputError
+
+    mode = args.mode or config.mode
+    if mode == "cope" and config.delta_encoder is None:
+        raise CopeInputError(
+            f"{args.model or 'the model'}: has no Δ-encoder; use --mode dense, iframes-only or delta-zero"
+        )
+    return mode
+
+
+def check_sampling(config, video, args) -> None:
+    """Plan the video under the options (no decoding): bad K / fusion fail before weights load."""
+    from cope.model.videolm.encoding import mode_plan
+
+    mode = check_mode(config, args)
+    options = {k: v for k, v in sampling_options(args).items() if v is not None}
+    mode_plan(
+        video,
+        mode,
+        options.get("fusion", config.fusion),
+        options.get("keyframes_per_gop", config.keyframes_per_gop),
+        options.get("max_gops", config.max_gops),
+        options.get("dense_frames", config.dense_frames),
+    )
+
+
+def cmd_ask(args) -> int:
+    from cope.errors import CopeInputError
+
+    if not args.question.strip():
+        raise CopeInputError("the question is empty")
+    generation = generation_config(args)
+    name, config = model_config(args)
+    video = open_model_video(config, args.video, args)
+    check_sampling(config, video, args)
+    model = load_model(args, name)
+    encoded = model.encode_video(video, args.mode, progress=True, **sampling_options(args))
+    stream = model.stream(model.build_prompt(encoded, args.question), generation)
+    if args.json:
+        answer = stream.finish()
+        print(json.dumps(answer_record(model, encoded, answer)))
+        return 0
+    for piece in stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    print(summary_line(encoded, stream.answer), file=sys.stderr)
+    return 0
+
+
+def answer_record(model, encoded, answer) -> dict:
+    """The ``--json`` object: the design.md keys first, then the details."""
+    details = answer.to_dict()
+    return {
+        "answer": answer.text,
+        "model": model.name,
+        "visual_tokens": answer.visual_tokens,
+        "prompt_tokens": answer.prompt_tokens,
+        "ttft_s": details["ttft_s"],
+        "e2e_s": details["e2e_s"],
+        "mode": encoded.mode,
+        "rgb_frames": encoded.plan.rgb_frames,
+        "delta_frames": encoded.plan.delta_frames,
+        **{k: v for k, v in details.items() if k not in ("answer", "visual_tokens", "prompt_tokens")},
+    }
+
+
+def summary_line(encoded, answer) -> str:
+    t = answer.timings
+    return (
+        f"[{encoded.mode}: {encoded.plan.rgb_frames} RGB + {encoded.plan.delta_frames} Δ frames, "
+        f"{answer.visual_tokens} visual / {answer.prompt_tokens} prompt tokens, {answer.new_tokens} new; "
+        f"TTFT {t.ttft_s:.3f} s (vision {t.vision_s:.3f}, Δ {t.delta_s:.3f}, prefill {t.prefill_s:.3f}), "
+        f"E2E {t.e2e_s:.3f} s, codec {t.extract_s:.3f} s]"
+    )
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("ask", help="answer one question about a video")
+    parser.add_argument("video", help="any video file PyAV/FFmpeg can read")
+    parser.add_argument("question", help="the question (quote it)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_model_options(parser)
+    parser.set_defaults(func=cmd_ask)

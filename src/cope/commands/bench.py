@@ -1,0 +1,114 @@
+"""``cope bench``: visual tokens, TTFT and E2EL per sampling config against dense64, in one process."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from cope.errors import CopeInputError
+
+OUTPUT_FILES = ("bench.json", "bench.md", "bench.png")
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "bench", help="TTFT / E2EL / tokens of dense64 vs cope_k1/k2/k4 (+ iframes_k1), one process"
+    )
+    parser.add_argument("--model", help="checkpoint dir or hub id (default: the bundled model)")
+    parser.add_argument("--video", help="video to read (default: the bundled sample)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per config, after one warm-up (3)")
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per run, EOS ignored (64)")
+    parser.add_argument(
+        "--configs",
+        default="dense64,cope_k1,cope_k2,cope_k4,iframes_k1",
+        help="comma-separated configs to run (default: all five)",
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's); 1 is steadiest on a busy machine"
+    )
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the untimed peak-memory run per config"
+    )
+    parser.add_argument("--no-flops", action="store_true", help="skip the analytic FLOP estimates")
+    parser.add_argument("--out", metavar="DIR", help="write bench.json, bench.md and bench.png into DIR")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from cope.eval.bench import (
+        CONFIGS_BY_NAME,
+        flop_estimates,
+        format_markdown,
+        format_summary,
+        plot_report,
+        run_bench,
+    )
+
+    names = [name.strip() for name in args.configs.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CONFIGS_BY_NAME]
+    if unknown or not names:
+        raise CopeInputError(
+            f"--configs: unknown config(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(CONFIGS_BY_NAME)}"
+        )
+    if args.repeats < 1 or args.new_tokens < 1 or (args.threads is not None and args.threads < 1):
+        raise CopeInputError("--repeats, --new-tokens and --threads must be at least 1")
+    out = _check_out(args)
+    video = Path(args.video) if args.video else _sample_video()
+    if not video.is_file():
+        raise CopeInputError(f"{video}: no such video file")
+
+    import torch
+
+    from cope.model.videolm import CopeVideoLM, resolve_model
+
+    model = CopeVideoLM.from_pretrained(resolve_model(args.model), device=args.device, dtype=args.dtype)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    try:
+        report = run_bench(
+            model,
+            video,
+            tuple(CONFIGS_BY_NAME[name] for name in names),
+            repeats=args.repeats,
+            new_tokens=args.new_tokens,
+            measure_memory=not args.no_memory,
+            progress=True,
+        )
+    finally:
+        torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)
+    if not args.no_flops:
+        report["flops"] = flop_estimates(report, model)
+    if out is not None:
+        (out / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
+        (out / "bench.md").write_text(format_markdown(report))
+        plot_report(report, out / "bench.png")
+        print(f"wrote {', '.join(str(out / name) for name in OUTPUT_FILES)}", file=sys.stderr)
+    print(json.dumps(report) if args.json else format_summary(report))
+    return 0
+
+
+def _check_out(args) -> Path | None:
+    if args.out is None:
+        return None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CopeInputError(f"{out}: exists and is not a directory")
+    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if existing and not args.overwrite:
+        raise CopeInputError(f"{out}: already holds {', '.join(existing)} (pass --overwrite to replace them)")
+    if not out.parent.is_dir():
+        raise CopeInputError(f"{out.parent}: output directory does not exist")
+    out.mkdir(exist_ok=True)
+    return out
+
+
+def _sample_video() -> Path:
+    from cope.codec.canonical import sample_video_path
+
+    return Path(sample_video_path())

@@ -1,0 +1,326 @@
+"""`cope bench`: visual tokens, TTFT and end-to-end latency of each sampling config, in one process.
+
+Protocol (paper §4.4: TTFT and E2EL for 64 generated tokens against LLaVA-Video's 64 frames):
+
+* the model is loaded once and the video opened once (transcoded and cached before any clock);
+* each config runs once to warm up, then ``repeats`` times, the configs taking turns (round
+  robin, so a slow phase of a shared machine hits every config alike); medians are reported;
+* every run encodes the video (``CopeVideoLM.encode_video``), builds the prompt and generates
+  exactly ``new_tokens`` tokens greedily, through EOS (``GenerationConfig.ignore_eos``), so every
+  config decodes the same count;
+* timings are the model's own (``Timings``; the device is synchronised before every clock read):
+  vision_s + delta_s + prefill_s = ttft_s; ttft_s + decode_s = e2e_s. Codec decoding
+  (``extract_s``) is reported beside them and, as in the paper, is not part of TTFT;
+* peak memory is measured in one extra, untimed run per config: on CUDA the allocator's
+  ``max_memory_allocated`` after a reset; on CPU the highest resident set size of the process
+  sampled every 2 ms during that run (it includes the loaded weights, so compare configs by the
+  difference to ``baseline_rss_mb``).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH_QUESTION = "Describe what happens in the video."
+TIMING_KEYS = ("extract_s", "vision_s", "delta_s", "prefill_s", "ttft_s", "decode_s", "e2e_s")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One sampling config: an encoding mode and its sampling knob."""
+
+    name: str
+    mode: str  # "dense" | "cope" | "iframes-only"
+    keyframes_per_gop: int | None = None
+    dense_frames: int | None = None
+
+
+BENCH_CONFIGS = (
+    BenchConfig("dense64", "dense", dense_frames=64),
+    BenchConfig("cope_k1", "cope", keyframes_per_gop=1),
+    BenchConfig("cope_k2", "cope", keyframes_per_gop=2),
+    BenchConfig("cope_k4", "cope", keyframes_per_gop=4),
+    BenchConfig("iframes_k1", "iframes-only", keyframes_per_gop=1),
+)
+CONFIGS_BY_NAME = {config.name: config for config in BENCH_CONFIGS}
+
+
+def run_once(model, video, config: BenchConfig, new_tokens: int) -> dict:
+    """Encode + prompt + generate ``new_tokens`` tokens; the counts and timings of that one run."""
+    from cope.model.videolm import GenerationConfig
+
+    encoded = model.encode_video(
+        video, config.mode, keyframes_per_gop=config.keyframes_per_gop, dense_frames=config.dense_frames
+    )
+    prompt = model.build_prompt(encoded, BENCH_QUESTION)
+    answer = model.generate(prompt, GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True))
+    timings = answer.timings
+    return {
+        "visual_tokens": answer.visual_tokens,
+        "prompt_tokens": answer.prompt_tokens,
+        "rgb_frames": encoded.plan.rgb_frames,
+        "delta_frames": encoded.plan.delta_frames,
+        "new_tokens": answer.new_tokens,
+        **{key: getattr(timings, key) for key in TIMING_KEYS},
+    }
+
+
+class PeakMemory:
+    """Peak memory of the code run inside ``with``: CUDA allocator peak, or sampled RSS on CPU."""
+
+    def __init__(self, device, interval_s: float = 0.002):
+        self.device = device
+        self.interval_s = interval_s
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif rss_mb() is not None:
+            self.peak_mb = rss_mb()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak_mb = max(self.peak_mb, rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = max(self.peak_mb, rss_mb())
+
+
+def rss_mb() -> float | None:
+    """The process's current resident set size in MiB (Linux /proc, else psutil, else None)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def median_run(runs: list[dict]) -> dict:
+    """Each timing's median over the repeats; counts must agree between repeats."""
+    first = runs[0]
+    for run in runs[1:]:
+        for key in ("visual_tokens", "prompt_tokens", "new_tokens"):
+            if run[key] != first[key]:
+                raise RuntimeError(f"{key} changed between repeats: {first[key]} → {run[key]}")
+    merged = {key: value for key, value in first.items() if key not in TIMING_KEYS}
+    for key in TIMING_KEYS:
+        merged[key] = statistics.median(run[key] for run in runs)
+    merged["ttft_runs_s"] = [run["ttft_s"] for run in runs]
+    merged["e2e_runs_s"] = [run["e2e_s"] for run in runs]
+    return merged
+
+
+def reduction_pct(value: float, baseline: float) -> float:
+    return 100.0 * (1.0 - value / baseline) if baseline > 0 else 0.0
+
+
+def run_bench(
+    model,
+    video_path: str | Path,
+    configs: tuple[BenchConfig, ...] = BENCH_CONFIGS,
+    repeats: int = 3,
+    new_tokens: int = 64,
+    measure_memory: bool = True,
+    progress: bool = False,
+) -> dict:
+    """Benchmark ``configs`` on one video; the JSON object ``cope bench --json`` prints."""
+    from tqdm import tqdm
+
+    from cope.codec.extract import open_video
+
+    if repeats < 1 or new_tokens < 1:
+        raise ValueError("repeats and new_tokens must be at least 1")
+    video = open_video(video_path, model.config.canonical, progress=progress)  # transcode outside clocks
+    total = len(configs) * (repeats + 1 + int(measure_memory))
+    bar = tqdm(total=total, desc="bench", unit="run", disable=not progress, leave=False)
+    for config in configs:  # warm-up: first calls allocate, build kernels, fill caches
+        run_once(model, video, config, new_tokens)
+        bar.update(1)
+    measured: dict[str, list[dict]] = {config.name: [] for config in configs}
+    for _ in range(repeats):
+        for config in configs:
+            measured[config.name].append(run_once(model, video, config, new_tokens))
+            bar.update(1)
+    baseline_rss = rss_mb()
+    rows = []
+    for config in configs:
+        row = {"config": config.name, "mode": config.mode, **median_run(measured[config.name])}
+        row["keyframes_per_gop"] = config.keyframes_per_gop
+        if measure_memory:
+            with PeakMemory(model.device) as memory:
+                run_once(model, video, config, new_tokens)
+            row["peak_memory_mb"] = memory.peak_mb
+            bar.update(1)
+        rows.append(row)
+    bar.close()
+    add_reductions(rows)
+    return {
+        "model": model.name,
+        "device": str(model.device),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "video": str(video_path),
+        "stream": video.info.to_dict(),
+        "repeats": repeats,
+        "new_tokens": new_tokens,
+        "threads": _torch_threads(),
+        "memory": "cuda max_memory_allocated" if model.device.type == "cuda" else "cpu peak rss (sampled)",
+        "baseline_rss_mb": baseline_rss,
+        "runs": rows,
+    }
+
+
+def add_reductions(rows: list[dict]) -> None:
+    """Per config: visual tokens, TTFT and E2EL as % reductions against dense64 (when present)."""
+    dense = next((row for row in rows if row["config"] == "dense64"), None)
+    if dense is None:
+        return
+    for row in rows:
+        row["visual_tokens_reduction_pct"] = reduction_pct(row["visual_tokens"], dense["visual_tokens"])
+        row["ttft_reduction_pct"] = reduction_pct(row["ttft_s"], dense["ttft_s"])
+        row["e2e_reduction_pct"] = reduction_pct(row["e2e_s"], dense["e2e_s"])
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def flop_estimates(report: dict, model, seconds: int = 64) -> dict:
+    """Analytic prefill FLOPs (``cope.eval.flops``): per measured run, and paper-7b on a 64-s clip.
+
+    Adds ``prefill_gflops`` and ``flop_reduction_pct`` to every run of ``report`` (the benchmarked
+    model on the benchmarked video, so they sit beside the measured TTFT), and returns the 7B
+    tables for the paper's Δ-encoder dims and for the compact config.
+    """
+    from cope.eval.flops import clip_plans, paper_7b_flop_model, prefill_flop_table, videolm_flop_model
+
+    flops = videolm_flop_model(model)
+    for row in report["runs"]:
+        row["prefill_gflops"] = (
+            flops.prefill_counts(row["rgb_frames"], row["delta_frames"], row["prompt_tokens"])["total"] / 1e9
+        )
+    dense = next((row for row in report["runs"] if row["config"] == "dense64"), None)
+    if dense is not None:
+        for row in report["runs"]:
+            row["flop_reduction_pct"] = reduction_pct(row["prefill_gflops"], dense["prefill_gflops"])
+    plans = clip_plans(seconds)
+    return {
+        "clip_seconds": seconds,
+        "paper-7b": prefill_flop_table(paper_7b_flop_model(delta_config="paper"), plans),
+        "paper-7b-compact-delta": prefill_flop_table(paper_7b_flop_model(delta_config="compact"), plans),
+    }
+
+
+def format_markdown(report: dict) -> str:
+    """The runs as a markdown table (medians), with the reductions against dense64."""
+    flops = "prefill_gflops" in report["runs"][0]
+    lines = [
+        f"`cope bench` — model `{report['model']}` on {report['device']} ({report['dtype']}, "
+        f"{report['threads']} threads), video `{Path(report['video']).name}`, "
+        f"median of {report['repeats']} runs after warm-up, {report['new_tokens']} new tokens",
+        "",
+        "| config | visual tokens | prompt tokens | vision s | Δ s | prefill s | **TTFT s** | decode s "
+        "| **E2EL s** | peak MB | TTFT vs dense64 | E2EL vs dense64 |"
+        + (" prefill GFLOP | FLOPs vs dense64 |" if flops else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if flops else ""),
+    ]
+    for row in report["runs"]:
+        peak = row.get("peak_memory_mb")
+        line = (
+            f"| {row['config']} | {row['visual_tokens']} | {row['prompt_tokens']} | {row['vision_s']:.4f} "
+            f"| {row['delta_s']:.4f} | {row['prefill_s']:.4f} | **{row['ttft_s']:.4f}** | {row['decode_s']:.4f} "
+            f"| **{row['e2e_s']:.4f}** | {'–' if peak is None else f'{peak:.0f}'} "
+            f"| {_pct(row, 'ttft_reduction_pct')} | {_pct(row, 'e2e_reduction_pct')} |"
+        )
+        if flops:
+            line += f" {row['prefill_gflops']:.3f} | {_pct(row, 'flop_reduction_pct')} |"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _pct(row: dict, key: str) -> str:
+    return "–" if key not in row else f"{row[key]:.1f}%"
+
+
+def format_summary(report: dict) -> str:
+    """Human-readable output: the table, then each config's changes against dense64."""
+    lines = [format_markdown(report).rstrip()]
+    for row in report["runs"]:
+        if row["config"] != "dense64" and "ttft_reduction_pct" in row:
+            lines.append(
+                f"{row['config']}: TTFT {-row['ttft_reduction_pct']:+.1f}%, E2EL {-row['e2e_reduction_pct']:+.1f}%, "
+                f"visual tokens {-row['visual_tokens_reduction_pct']:+.1f}% vs dense64"
+            )
+    if "flops" in report:
+        seconds = report["flops"]["clip_seconds"]
+        for key in ("paper-7b", "paper-7b-compact-delta"):
+            bound = report["flops"][key]["cope_k1"]["reduction_vs_dense64"]
+            lines.append(
+                f"{key} FLOP model, {seconds}-s clip: cope_k1 prefill FLOPs {-100 * bound:+.1f}% vs dense64 "
+                "(paper, measured on a GPU: TTFT −86.2%)"
+            )
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, out_path) -> None:
+    """Bar chart: TTFT split into vision / Δ / prefill, then decode (bar height = E2EL); and tokens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["runs"]
+    names = [row["config"] for row in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    bottom = [0.0] * len(rows)
+    for key, label in (
+        ("vision_s", "vision"),
+        ("delta_s", "Δ-encoder"),
+        ("prefill_s", "prefill"),
+        ("decode_s", "decode"),
+    ):
+        values = [row[key] for row in rows]
+        left.bar(names, values, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    for i, row in enumerate(rows):
+        left.annotate(f"TTFT {row['ttft_s']:.3f}s", (i, row["e2e_s"]), ha="center", va="bottom", fontsize=8)
+    left.set_ylabel("seconds (median)")
+    left.set_title(f"latency, {report['new_tokens']} new tokens ({report['device']})")
+    left.legend(fontsize=8)
+    bars = right.bar(names, [row["visual_tokens"] for row in rows], color="tab:gray")
+    right.bar_label(bars, fontsize=8)
+    right.set_ylabel("visual tokens")
+    right.set_title("visual tokens")
+    for axis in (left, right):
+        axis.tick_params(axis="x", labelrotation=20)
+    fig.suptitle(f"cope bench — {report['model']}")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)

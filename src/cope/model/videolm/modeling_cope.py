@@ -1,0 +1,455 @@
+"""``CopeVideoLM``: a LLaVA-OneVision VideoLM that reads I-frame tokens interleaved with Δ-tokens.
+
+Parts (paper §3.2, Fig. 1):
+* the base model, a transformers ``LlavaOnevisionForConditionalGeneration``: frozen SigLIP vision
+  tower, 2-layer GELU projector, learned ``image_newline``, and the LLM;
+* the Δ-encoder (``cope.model.delta.DeltaEncoder``): a P-frame's motion vectors + residual → 8
+  tokens at the vision tower's width, projected by the *same* projector as image tokens.
+
+Layout of the visual sequence (LLaVA-Video's "grid" layout, built here rather than by the HF video
+path, which emits a single newline per video):
+* RGB frame: tower → projector → 2×2 bilinear pool to S×S → a newline after each row: S·(S+1);
+* P-frame: Δ-encoder → projector → R rows of C tokens, a newline after each row: R·(C+1);
+* all blocks in the plan's temporal order, spliced into the prompt at the video placeholder.
+
+Shapes: N frames, T visual positions, L text tokens, d = vision width, D = LLM width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cope.errors import CopeInputError
+from cope.model.inputs import VisualInput
+from cope.model.videolm.configuration_cope import (
+    BASE_SUBFOLDER,
+    DELTA_WEIGHTS_NAME,
+    CopeConfig,
+    base_only_config,
+    read_config,
+)
+from cope.model.vision import bilinear_pool, frames_to_pixels, vision_features, with_row_newlines
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TrainingBatch:
+    inputs_embeds: torch.Tensor  # (B, Lmax, D), right-padded with zeros
+    attention_mask: torch.Tensor  # (B, Lmax) long, 1 = real position
+    labels: torch.Tensor  # (B, Lmax) long, −100 on visual positions, padding and masked text
+
+
+@dataclass
+class CopeLMOutput:
+    loss: torch.Tensor  # scalar: mean cross-entropy over the batch's supervised tokens
+    num_tokens: int  # supervised (label ≠ −100 after the shift) tokens in the batch
+
+
+class CopeVideoLM(nn.Module):
+    """Vision tower + projector + Δ-encoder + LLM, with video encoding, generation and chat.
+
+    Build one with ``from_pretrained`` (a CoPE checkpoint, or a bare LLaVA-OneVision model for the
+    modes that need no Δ-encoder) or with the builders (``paper_7b``, ``tiny_random``).
+    """
+
+    def __init__(
+        self,
+        config: CopeConfig,
+        base: nn.Module,
+        tokenizer,
+        delta_encoder: nn.Module | None = None,
+        name: str | None = None,
+        base_source: str | None = None,
+    ):
+        super().__init__()
+        # The config describes the parts actually given (a Δ-encoder or none).
+        self.config = replace(
+            config, delta_encoder=None if delta_encoder is None else delta_encoder.config.to_dict()
+        )
+        self.base = base  # LlavaOnevisionForConditionalGeneration
+        self.delta_encoder = delta_encoder
+        self.tokenizer = tokenizer
+        self.name = name or config.base_model  # what it was loaded from (reported by `cope ask`)
+        self.base_source = base_source or config.base_model  # where the base weights came from
+        self._check_compatible()
+        self.placeholder_id = self._placeholder_id()
+        self.stop_token_ids = self._stop_token_ids()
+        self.vision_tower.requires_grad_(config.train_vision_tower)  # LLaVA-Video: frozen
+
+    # ------------------------------------------------------------------ parts and checks
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.base.model.vision_tower
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.base.model.multi_modal_projector
+
+    @property
+    def image_newline(self) -> torch.Tensor:
+        return self.base.model.image_newline
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.base.model.language_model
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.base.lm_head
+
+    @property
+    def device(self) -> torch.device:
+        return self.image_newline.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.image_newline.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return self.image_newline.shape[0]
+
+    @property
+    def image_size(self) -> int:
+        return self.base.config.vision_config.image_size
+
+    @property
+    def vision_grid(self) -> int:
+        """G: patches per side of the vision tower's grid (27 for SigLIP-so400m-patch14-384)."""
+        vision = self.base.config.vision_config
+        return vision.image_size // vision.patch_size
+
+    def _check_compatible(self) -> None:
+        layout, base_config = self.config.layout, self.base.config
+        pooled = math.ceil(self.vision_grid / 2)
+        if layout.image_side != pooled:
+            raise CopeInputError(
+                f"{self.name}: layout image_side {layout.image_side} does not match the vision tower "
+                f"({self.vision_grid}×{self.vision_grid} patches pool to {pooled}×{pooled})"
+            )
+        if not isinstance(base_config.vision_feature_layer, int):
+            raise CopeInputError(f"{self.name}: multi-layer vision features are not supported")
+        if self.delta_encoder is not None:
+            encoder_config = self.delta_encoder.config
+            if encoder_config.num_delta_tokens != layout.delta_tokens:
+                raise CopeInputError(
+                    f"{self.name}: the Δ-encoder emits {encoder_config.num_delta_tokens} tokens per P-frame, "
+                    f"the layout expects {layout.delta_rows}×{layout.delta_cols}"
+                )
+            if encoder_config.output_dim != base_config.vision_config.hidden_size:
+                raise CopeInputError(
+                    f"{self.name}: Δ-encoder output width {encoder_config.output_dim} ≠ vision width "
+                    f"{base_config.vision_config.hidden_size} (the projector takes both)"
+                )
+
+    def _placeholder_id(self) -> int:
+        token = self.config.video_placeholder
+        ids = self.tokenizer(token, add_special_tokens=False).input_ids
+        if len(ids) != 1 or ids[0] == self.tokenizer.unk_token_id:
+            raise CopeInputError(
+                f"{self.name}: the video placeholder {token!r} is not one token of the tokenizer"
+            )
+        return ids[0]
+
+    def _stop_token_ids(self) -> frozenset[int]:
+        """EOS and the chat template's end-of-turn tokens: generation stops at any of them."""
+        ids = set()
+        eos = getattr(self.base.generation_config, "eos_token_id", None)
+        ids.update(eos if isinstance(eos, list) else [eos])
+        ids.add(self.tokenizer.eos_token_id)
+        vocab = self.tokenizer.get_vocab()
+        ids.update(vocab[t] for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>") if t in vocab)
+        return frozenset(i for i in ids if i is not None)
+
+    # ------------------------------------------------------------------ visual tokens
+
+    def image_tokens(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB (N, H, W, 3) → (N, S·(S+1), D), in chunks of ``vision_batch_size`` frames."""
+        frames = torch.as_tensor(frames)
+        if frames.shape[0] == 0:
+            return self._empty(self.config.layout.iframe_tokens)
+        blocks = []
+        for chunk in frames.split(self.config.vision_batch_size):
+            pixels = frames_to_pixels(chunk, self.image_size).to(self.device, self.dtype)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_vision_tower):
+                features = vision_features(self.vision_tower, pixels, self.base.config.vision_feature_layer)
+            projected = self.projector(features)  # (n, G², D): LLaVA-Video projects, then pools
+            pooled = bilinear_pool(projected)  # (n, S², D)
+            blocks.append(with_row_newlines(pooled, self.config.layout.image_side, self.image_newline))
+        return torch.cat(blocks)
+
+    def delta_tokens(self, mv: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """MVs (N, H, W, 2) px + residuals (N, H, W, 3) → (N, R·(C+1), D) via the shared projector."""
+        if self.delta_encoder is None:
+            raise CopeInputError(
+                f"{self.name}: this model has no Δ-encoder; use --mode dense, iframes-only or delta-zero"
+            )
+        layout = self.config.layout
+        if mv.shape[0] == 0:
+            return self._empty(layout.pframe_tokens)
+        encoder_dtype = next(self.delta_encoder.parameters()).dtype
+        blocks = []
+        for mv_chunk, res_chunk in zip(
+            torch.as_tensor(mv).split(self.config.delta_batch_size),
+            torch.as_tensor(residual).split(self.config.delta_batch_size),
+            strict=True,
+        ):
+            tokens = self.delta_encoder(
+                mv_chunk.to(self.device, encoder_dtype), res_chunk.to(self.device, encoder_dtype)
+            )  # (n, R·C, d): motion tokens, then residual tokens
+            projected = self.projector(tokens.to(self.dtype))  # (n, R·C, D)
+            blocks.append(with_row_newlines(projected, layout.delta_rows, self.image_newline))
+        return torch.cat(blocks)
+
+    def zero_delta_tokens(self, count: int) -> torch.Tensor:
+        """The ``delta-zero`` ablation (paper H.3): each P-frame's projected Δ-tokens are 0, the
+        row newlines stay, so the sequence keeps its length and temporal structure."""
+        layout = self.config.layout
+        zeros = torch.zeros(
+            count, layout.delta_tokens, self.hidden_size, device=self.device, dtype=self.dtype
+        )
+        return with_row_newlines(zeros, layout.delta_rows, self.image_newline)
+
+    def embed_visual(self, visual: VisualInput, zero_deltas: bool = False) -> torch.Tensor:
+        """One video's entries → (T, D), image and Δ blocks interleaved in ``visual.kinds`` order."""
+        image_blocks = self.image_tokens(visual.frames)
+        if zero_deltas:
+            delta_blocks = self.zero_delta_tokens(visual.num_delta)
+        else:
+            delta_blocks = self.delta_tokens(visual.mv, visual.residual) if visual.num_delta else None
+        return interleave(visual.kinds, image_blocks, delta_blocks)
+
+    def _empty(self, positions: int) -> torch.Tensor:
+        return torch.zeros(0, positions, self.hidden_size, device=self.device, dtype=self.dtype)
+
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(L,) token ids → (L, D) input embeddings of the LLM."""
+        return self.base.get_input_embeddings()(input_ids.to(self.device))
+
+    def splice(self, input_ids: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """(L,) ids holding the placeholder once + (T, D) visual → (L − 1 + T, D)."""
+        (where,) = (input_ids == self.placeholder_id).nonzero(as_tuple=True)
+        if where.numel() != 1:
+            raise ValueError(
+                f"a sequence must hold the video placeholder {self.config.video_placeholder!r} exactly once, "
+                f"found {where.numel()}"
+            )
+        at = int(where)
+        text = self.embed_text(input_ids)
+        return torch.cat([text[:at], visual.to(text.dtype), text[at + 1 :]])
+
+    # ------------------------------------------------------------------ training forward
+
+    def training_batch(
+        self,
+        input_ids: Sequence[torch.Tensor],
+        labels: Sequence[torch.Tensor],
+        visual_inputs: Sequence[VisualInput],
+        zero_deltas: bool = False,
+    ) -> TrainingBatch:
+        """Variable-length samples → right-padded embeddings, attention mask and labels."""
+        if not len(input_ids) == len(labels) == len(visual_inputs):
+            raise ValueError("input_ids, labels and visual_inputs must have one entry per sample")
+        sequences, sequence_labels = [], []
+        for ids, sample_labels, visual in zip(input_ids, labels, visual_inputs, strict=True):
+            if ids.shape != sample_labels.shape:
+                raise ValueError(
+                    f"labels {tuple(sample_labels.shape)} do not align with input_ids {tuple(ids.shape)}"
+                )
+            visual_embeds = self.embed_visual(visual, zero_deltas)  # (T, D)
+            sequences.append(self.splice(ids, visual_embeds))
+            at = int((ids == self.placeholder_id).nonzero())
+            masked = torch.full((visual_embeds.shape[0],), IGNORE_INDEX, dtype=torch.long)
+            sample_labels = sample_labels.long().cpu()
+            sequence_labels.append(torch.cat([sample_labels[:at], masked, sample_labels[at + 1 :]]))
+        longest = max(s.shape[0] for s in sequences)
+        batch = len(sequences)
+        embeds = torch.zeros(batch, longest, self.hidden_size, device=self.device, dtype=self.dtype)
+        mask = torch.zeros(batch, longest, dtype=torch.long, device=self.device)
+        out_labels = torch.full((batch, longest), IGNORE_INDEX, dtype=torch.long, device=self.device)
+        for row, (seq, lab) in enumerate(zip(sequences, sequence_labels, strict=True)):
+            embeds[row, : seq.shape[0]] = seq
+            mask[row, : seq.shape[0]] = 1
+            out_labels[row, : lab.shape[0]] = lab.to(self.device)
+        return TrainingBatch(embeds, mask, out_labels)
+
+    def forward(
+        self,
+        input_ids: Sequence[torch.Tensor],
+        labels: Sequence[torch.Tensor],
+        visual_inputs: Sequence[VisualInput],
+        zero_deltas: bool = False,
+    ) -> CopeLMOutput:
+        """Next-token loss of a batch (stage 0 with dense RGB inputs, stage 2 with I + P entries)."""
+        batch = self.training_batch(input_ids, labels, visual_inputs, zero_deltas)
+        hidden = self.language_model(
+            inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, use_cache=False
+        ).last_hidden_state  # (B, Lmax, D)
+        targets = batch.labels[:, 1:]  # position t predicts token t + 1
+        supervised = targets != IGNORE_INDEX
+        # The LM head only runs where there is a label: (n, D) → (n, V), not (B, Lmax, V).
+        logits = self.lm_head(hidden[:, :-1][supervised])
+        num_tokens = int(supervised.sum())
+        if num_tokens == 0:
+            return CopeLMOutput(loss=hidden.sum() * 0.0, num_tokens=0)
+        loss = F.cross_entropy(logits.float(), targets[supervised])
+        return CopeLMOutput(loss=loss, num_tokens=num_tokens)
+
+    # ------------------------------------------------------------------ inference (see encoding.py,
+    # prompting.py, generation.py)
+
+    def encode_video(self, video, mode: str | None = None, **sampling):
+        from cope.model.videolm.encoding import encode_video
+
+        return encode_video(self, video, mode, **sampling)
+
+    def build_prompt(self, encoded, question: str, system: str | None = None):
+        from cope.model.videolm.prompting import build_prompt
+
+        return build_prompt(self, encoded, question, system)
+
+    def stream(self, prompt, generation=None):
+        """Generate for a ``PromptInputs``: a ``TextStream`` of text pieces (``.answer`` at the end)."""
+        from cope.model.videolm.generation import stream
+
+        return stream(self, prompt, generation)
+
+    def generate(self, prompt, generation=None):
+        return self.stream(prompt, generation).finish()
+
+    def ask(self, video, question: str, mode: str | None = None, generation=None, **sampling):
+        """Encode a video, ask one question, return the ``Answer`` (timings included)."""
+        encoded = self.encode_video(video, mode, **sampling)
+        return self.generate(self.build_prompt(encoded, question), generation)
+
+    def chat(self, encoded, generation=None, system: str | None = None):
+        """A multi-turn ``ChatSession`` over an encoded video (``system``: an optional system turn)."""
+        from cope.model.videolm.generation import ChatSession
+
+        return ChatSession(self, encoded, generation, system)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_hub_id: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+    ) -> CopeVideoLM:
+        """Load a CoPE checkpoint (local dir or hub repo) or a bare LLaVA-OneVision base model."""
+        from cope.model.videolm.loading import load_base, resolve_checkpoint
+
+        name = str(path_or_hub_id)
+        resolved = resolve_checkpoint(name)
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        base, tokenizer = load_base(resolved.base_model, dtype)
+        if resolved.cope_dir is None:
+            config = base_only_config(resolved.base_model, base.config)
+            delta_encoder = None
+        else:
+            config = read_config(resolved.cope_dir)
+            delta_encoder = _load_delta_encoder(config, resolved.cope_dir)
+        model = cls(config, base, tokenizer, delta_encoder, name=name, base_source=resolved.base_model)
+        return model.to(device=device, dtype=dtype).eval()
+
+    def save_pretrained(self, directory: str | Path, save_base: bool = True, overwrite: bool = False) -> Path:
+        """Write config.json + delta_encoder.safetensors (+ base/ with its tokenizer when ``save_base``)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        if directory.exists() and any(directory.iterdir()) and not overwrite:
+            raise CopeInputError(
+                f"{directory}: already exists and is not empty (pass overwrite=True to replace it)"
+            )
+        directory.mkdir(parents=True, exist_ok=True)
+        config = replace(self.config, base_model=BASE_SUBFOLDER if save_base else self.base_source)
+        if save_base:
+            self.base.save_pretrained(directory / BASE_SUBFOLDER)
+            self.tokenizer.save_pretrained(directory / BASE_SUBFOLDER)
+        if self.delta_encoder is not None:
+            state = {k: v.detach().contiguous().cpu() for k, v in self.delta_encoder.state_dict().items()}
+            save_file(state, directory / DELTA_WEIGHTS_NAME)
+        config.save(directory)  # last: a directory without config.json is not a checkpoint
+        return directory
+
+
+def interleave(
+    kinds: Sequence[str], image_blocks: torch.Tensor, delta_blocks: torch.Tensor | None
+) -> torch.Tensor:
+    """Blocks (nI, Ti, D) and (nP, Tp, D) → (nI·Ti + nP·Tp, D) in ``kinds`` order ("I"/"P")."""
+    counts = {"I": 0, "P": 0}
+    pieces = []
+    for kind in kinds:
+        blocks = image_blocks if kind == "I" else delta_blocks
+        pieces.append(blocks[counts[kind]])
+        counts[kind] += 1
+    if counts["I"] != image_blocks.shape[0] or counts["P"] != (
+        0 if delta_blocks is None else delta_blocks.shape[0]
+    ):
+        raise ValueError("kinds do not match the number of image and Δ blocks")
+    if not pieces:
+        return image_blocks.reshape(0, image_blocks.shape[-1])
+    return torch.cat(pieces)
+
+
+def _load_delta_encoder(config: CopeConfig, checkpoint: Path) -> nn.Module | None:
+    if config.delta_encoder is None:
+        return None
+    from safetensors.torch import load_file
+
+    from cope.model.delta import DeltaEncoder, DeltaEncoderConfig
+
+    weights = Path(checkpoint) / DELTA_WEIGHTS_NAME
+    if not weights.is_file():
+        raise CopeInputError(f"{weights}: missing (the config names a Δ-encoder)")
+    encoder = DeltaEncoder(DeltaEncoderConfig.from_dict(config.delta_encoder, source=str(checkpoint)))
+    try:
+        encoder.load_state_dict(load_file(weights))
+    except (RuntimeError, OSError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise CopeInputError(f"{weights}: does not match the Δ-encoder config ({reason})") from None
+    return encoder
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """ "auto" → cuda, then mps, then cpu."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise CopeInputError(f"--device {device}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CopeInputError(f"--device {device}: CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CopeInputError(f"--device {device}: MPS is not available on this machine")
+    return device
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None / "auto" → bfloat16 on CUDA, float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise CopeInputError(f"--dtype {dtype}: choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]

@@ -1,0 +1,1 @@
+"""`cope serve`: an OpenAI-compatible video chat API and a web page."""

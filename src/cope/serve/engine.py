@@ -1,0 +1,263 @@
+"""The loaded VideoLM behind the API, and the caches that make later turns cheap.
+
+Everything here runs on the worker thread (``worker.py``), one job at a time, so the model and
+the caches below are never touched concurrently.
+
+Two caches, both least-recently-used:
+* encoded videos — ``EncodedVideo`` (the (T, D) visual embeddings) keyed by
+  (video SHA-256, mode, keyframes_per_gop, fusion): a second question about the same video under
+  the same sampling never re-encodes it;
+* chat sessions — a ``ChatSession`` (its KV cache) keyed by the encoded video plus the exact
+  conversation it holds (system message included). OpenAI clients resend the whole conversation
+  each turn; when the history of a request (everything before its last user message) is what a
+  kept session holds, the session continues and only the new turn is prefilled. Otherwise a new
+  session starts from the cached embeddings and prefills the given history once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from cope.errors import CopeInputError
+from cope.serve.config import ServeSettings
+from cope.serve.errors import APIError
+from cope.serve.protocol import ChatCompletionRequest, Conversation
+from cope.serve.videos import StoredVideo, VideoStore
+from cope.serve.worker import Job
+
+
+@dataclass(frozen=True)
+class Options:
+    """Per-request sampling (which frames the model reads) and generation settings."""
+
+    mode: str
+    keyframes_per_gop: int
+    fusion: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+
+    @property
+    def video_key(self) -> tuple:
+        return (self.mode, self.keyframes_per_gop, self.fusion)
+
+
+@dataclass(frozen=True)
+class ChatJob:
+    video: StoredVideo
+    system: str | None  # the request's system message, if any
+    history: list[dict]  # the turns before the question, as ``ChatEngine.messages`` builds them
+    question: str
+    options: Options
+    arrival: float  # time.monotonic() when the request arrived
+
+
+@dataclass
+class ChatResult:
+    text: str
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int  # every position before the answer: text + visual, all turns
+    visual_tokens: int
+    completion_tokens: int
+    ttft_s: float  # request arrival → first answer token, measured by the server
+    queue_s: float  # of which: waiting for the model
+    e2e_s: float  # request arrival → last token
+    encoded_video_cached: bool  # the visual embeddings came from the cache (no re-encoding)
+    kv_cache_reused: bool  # the conversation so far was already in a session's KV cache
+
+    def usage(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "visual_tokens": self.visual_tokens,
+            "ttft_s": round(self.ttft_s, 6),
+            "queue_s": round(self.queue_s, 6),
+            "e2e_s": round(self.e2e_s, 6),
+            "encoded_video_cached": self.encoded_video_cached,
+            "kv_cache_reused": self.kv_cache_reused,
+        }
+
+
+class LRU(OrderedDict):
+    """A dict that forgets its least recently used entries beyond ``capacity``."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+
+    def get_fresh(self, key):
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def put(self, key, value) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
+
+
+class ChatEngine:
+    """One ``CopeVideoLM`` with its encoded-video and chat-session caches."""
+
+    def __init__(self, model, settings: ServeSettings):
+        self.model = model
+        self.settings = settings
+        self.encoded = LRU(settings.encoded_cache_entries)  # (sha256, mode, K, fusion) → EncodedVideo
+        self.sessions = LRU(settings.chat_sessions)  # (video key, conversation) → ChatSession
+        self.encode_calls = 0
+
+    @property
+    def canonical_settings(self):
+        return self.model.config.canonical
+
+    def options(self, request: ChatCompletionRequest) -> Options:
+        """The request's settings with the server's and the model's defaults filled in."""
+        config, settings = self.model.config, self.settings
+        mode = request.mode or config.mode
+        if mode == "cope" and self.model.delta_encoder is None:
+            raise APIError(
+                400,
+                "this model has no Δ-encoder: use mode dense, iframes-only or delta-zero",
+                code="unsupported_mode",
+                param="mode",
+            )
+        max_tokens = request.max_completion_tokens or request.max_tokens or settings.default_max_tokens
+        if max_tokens > settings.max_tokens_limit:
+            raise APIError(
+                400,
+                f"max_tokens {max_tokens} exceeds this server's limit {settings.max_tokens_limit}",
+                param="max_tokens",
+            )
+        if request.stop is not None:
+            raise APIError(
+                400,
+                "stop sequences are not supported; the model stops at its end-of-turn token",
+                param="stop",
+            )
+        return Options(
+            mode=mode,
+            keyframes_per_gop=request.keyframes_per_gop or config.keyframes_per_gop,
+            fusion=request.fusion or config.fusion,
+            max_new_tokens=max_tokens,
+            temperature=0.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            seed=request.seed,
+        )
+
+    # ----- jobs (worker thread) ---------------------------------------------------------------------
+
+    def summarize(self, store: VideoStore, video: StoredVideo) -> dict:
+        """The GOP/token summary of an uploaded video (``cope inspect``'s report, model layout added)."""
+        if video.summary is None:
+            with store.hold(video):
+                codec_video = store.open_canonical(video)
+            plans = codec_video.standard_plans(self.model.config.fusion)
+            layout = self.model.config.layout
+            video.summary = {
+                "source": codec_video.source.to_dict(),
+                "canonical": codec_video.info.to_dict(),
+                "plans": {
+                    name: {**plan.to_dict(), "model_tokens": plan.tokens(layout)}
+                    for name, plan in plans.items()
+                },
+            }
+        return video.summary
+
+    def respond(self, job: Job, store: VideoStore, spec: ChatJob) -> ChatResult:
+        """Encode (or reuse) the video, continue (or start) a chat session, stream the answer.
+
+        Emits "ready" once the video is encoded, then one "delta" per text piece.
+        """
+        from cope.model.videolm import GenerationConfig
+
+        started = time.monotonic()
+        options = spec.options
+        video_key = (spec.video.sha256, *options.video_key)
+        session = self.sessions.pop((video_key, spec.system, _freeze(spec.history)), None)
+        kv_reused = encoded_cached = session is not None  # a kept session holds its encoded video
+        if session is None:
+            with store.hold(spec.video):
+                encoded, encoded_cached = self._encoded_video(store, spec.video, options)
+            session = self.model.chat(encoded, system=spec.system)
+            session.messages = list(spec.history)
+        session.generation = GenerationConfig(
+            max_new_tokens=options.max_new_tokens,
+            temperature=options.temperature,
+            top_p=options.top_p,
+            seed=options.seed,
+        )
+        job.emit("ready", None)
+        first_token = None
+        stream = session.stream(spec.question)
+        try:
+            for piece in stream:
+                if first_token is None:
+                    first_token = time.monotonic()
+                job.emit("delta", piece)
+                if job.should_stop():
+                    break
+        finally:
+            stream.close()  # ends the turn as "cancelled" when we stopped early
+        answer = stream.answer
+        done = time.monotonic()
+        if answer.finish_reason != "cancelled":  # a cut-off turn is not a conversation anyone continues
+            self.sessions.put((video_key, spec.system, _freeze(session.messages)), session)
+        return ChatResult(
+            text=answer.text,
+            finish_reason=answer.finish_reason,
+            prompt_tokens=answer.prompt_tokens,
+            visual_tokens=answer.visual_tokens,
+            completion_tokens=answer.new_tokens,
+            ttft_s=(first_token or done) - spec.arrival,
+            queue_s=started - spec.arrival,
+            e2e_s=done - spec.arrival,
+            encoded_video_cached=encoded_cached,
+            kv_cache_reused=kv_reused,
+        )
+
+    def _encoded_video(self, store: VideoStore, video: StoredVideo, options: Options):
+        key = (video.sha256, *options.video_key)
+        encoded = self.encoded.get_fresh(key)
+        if encoded is not None:
+            return encoded, True
+        codec_video = store.open_canonical(video)
+        try:
+            encoded = self.model.encode_video(
+                codec_video, options.mode, keyframes_per_gop=options.keyframes_per_gop, fusion=options.fusion
+            )
+        except CopeInputError as exc:  # e.g. a keyframes_per_gop that does not divide the GOP's slots
+            raise APIError(400, str(exc), code="invalid_sampling") from None
+        self.encode_calls += 1
+        self.encoded.put(key, encoded)
+        return encoded, False
+
+    def messages(self, conversation: Conversation) -> tuple[list[dict], str]:
+        """The conversation as a session's messages (placeholder in the first user turn) + the question.
+
+        Checked on the request's thread, before the job is queued.
+        """
+        from cope.model.videolm.prompting import video_turn
+
+        placeholder = self.model.config.video_placeholder
+        turns = conversation.turns
+        for turn in turns:
+            if placeholder in turn.text:
+                raise APIError(
+                    400, f"messages must not contain the video placeholder {placeholder!r}", param="messages"
+                )
+        history: list[dict] = []
+        for i, turn in enumerate(turns[:-1]):  # the first turn is the user's, with the video
+            history.append(
+                video_turn(self.model, turn.text) if i == 0 else {"role": turn.role, "content": turn.text}
+            )
+        return history, turns[-1].text
+
+
+def _freeze(messages: list[dict]) -> tuple:
+    return tuple((m["role"], m["content"]) for m in messages)

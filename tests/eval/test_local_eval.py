@@ -1,0 +1,171 @@
+"""Local tasks: the file format, the one scorer, and `cope eval TASK.jsonl` on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from eval_support import TASK_LINES
+
+from cope.cli import main
+from cope.errors import CopeInputError
+from cope.eval.local import (
+    format_question,
+    is_correct,
+    load_local_task,
+    normalize,
+    parse_choice,
+    resolve_answer,
+    summarize,
+)
+
+pytest_plugins = ("eval_support",)  # the shared fixtures: eval_checkpoint, eval_task, eval_env
+
+OPTIONS = ["left", "right", "up", "down"]
+
+
+def test_answer_field_may_be_letter_index_or_text():
+    assert resolve_answer("B", OPTIONS) == 1
+    assert resolve_answer("b", OPTIONS) == 1
+    assert resolve_answer(2, OPTIONS) == 2
+    assert resolve_answer("Down.", OPTIONS) == 3
+    for bad in ("E", 4, "sideways", True):
+        with pytest.raises(ValueError):
+            resolve_answer(bad, OPTIONS)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "picked"),
+    [
+        ("B", 1),
+        ("(b)", 1),
+        ("B. right", 1),
+        ("right", 1),
+        ("It moves right.", 1),
+        ("Right!", 1),
+        ("A square moves up", 2),
+        ("left or right", None),
+        ("E", None),
+        ("", None),
+    ],
+)
+def test_option_match_by_letter_or_text(prediction, picked):
+    assert parse_choice(prediction, OPTIONS) == picked
+    assert is_correct(prediction, "right", OPTIONS) is (picked == 1)
+
+
+def test_open_questions_need_a_normalised_exact_match():
+    assert normalize("  The Square!! ") == "square"
+    assert is_correct("the square.", "Square")
+    assert not is_correct("a red square", "square")
+
+
+def test_prompt_styles():
+    assert format_question(" which way ? ", OPTIONS) == "which way ?"
+    lettered = format_question("which way ?", OPTIONS, "options").splitlines()
+    assert lettered[:5] == ["which way ?", "A. left", "B. right", "C. up", "D. down"]
+    assert "letter" in lettered[5]
+    assert format_question("what moves ?", None, "options").startswith("what moves ?\n")
+    with pytest.raises(ValueError):
+        format_question("q", OPTIONS, "fancy")
+
+
+def test_load_resolves_videos_and_keeps_extra_fields(eval_task):
+    samples = load_local_task(eval_task)
+    assert [s.index for s in samples] == [0, 1, 2]
+    assert samples[0].video == (eval_task.parent / "right.mp4").resolve()
+    assert samples[0].fields == {"type": "direction", "needs_motion": True}
+    assert samples[0].answer_option == 1 and samples[2].answer_option == 1
+    assert samples[1].options is None and samples[1].answer_option is None
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("not json", "not a JSON object"),
+        ('["a list"]', "expected a JSON object"),
+        ('{"video": "right.mp4", "question": "q"}', "missing answer"),
+        ('{"video": "nowhere.mp4", "question": "q", "answer": "a"}', "does not exist"),
+        ('{"video": "right.mp4", "question": "q", "options": ["x"], "answer": "x"}', "options must be"),
+        ('{"video": "right.mp4", "question": "q", "options": ["x", "y"], "answer": "z"}', "neither"),
+    ],
+)
+def test_bad_lines_name_the_file_and_line(eval_task, tmp_path, line, reason):
+    bad = eval_task.parent / "bad.jsonl"
+    bad.write_text(json.dumps(TASK_LINES[1]) + "\n\n" + line + "\n")
+    with pytest.raises(CopeInputError, match=rf"bad\.jsonl:3: .*{reason}"):
+        load_local_task(bad)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(CopeInputError, match="no samples"):
+        load_local_task(empty)
+
+
+def test_summary_breaks_accuracy_down_by_type_and_motion():
+    records = [
+        {"correct": True, "type": "direction", "needs_motion": True},
+        {"correct": False, "type": "direction", "needs_motion": True},
+        {"correct": True, "type": "colour", "needs_motion": False},
+        {"correct": False, "error": "x.mp4: unreadable"},
+    ]
+    summary = summarize(records)
+    assert (summary["samples"], summary["correct"], summary["accuracy"], summary["errors"]) == (4, 2, 0.5, 1)
+    assert summary["by_type"] == {
+        "colour": {"samples": 1, "correct": 1, "accuracy": 1.0},
+        "direction": {"samples": 2, "correct": 1, "accuracy": 0.5},
+    }
+    assert summary["by_needs_motion"]["true"] == {"samples": 2, "correct": 1, "accuracy": 0.5}
+
+
+def test_cope_eval_on_a_tiny_model(eval_checkpoint, eval_task, tmp_path, eval_env, capsys):
+    from cope.model.videolm import CopeVideoLM, GenerationConfig
+
+    out = tmp_path / "pred.jsonl"
+    args = [
+        "eval",
+        str(eval_task),
+        "--model",
+        str(eval_checkpoint),
+        "--mode",
+        "cope",
+        "--keyframes-per-gop",
+        "1",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "6",
+        "--out",
+        str(out),
+        "--json",
+    ]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["index"] for row in rows] == [0, 1, 2]
+    assert [row["type"] for row in rows] == ["direction", "object", "direction"]
+
+    model = CopeVideoLM.from_pretrained(eval_checkpoint)
+    for row, sample in zip(rows, load_local_task(eval_task), strict=True):
+        answer = model.ask(
+            sample.video,
+            sample.question,
+            mode="cope",
+            keyframes_per_gop=1,
+            generation=GenerationConfig(max_new_tokens=6),
+        )
+        assert row["prediction"] == answer.text
+        assert row["correct"] == is_correct(answer.text, sample.answer, sample.options)
+        assert row["visual_tokens"] == answer.visual_tokens and row["ttft_s"] > 0
+    # 61-frame clips: one GOP, slots at frames 0, 30, 60 → 1 RGB frame (3×4 = 12) + 2 P-frames (2×10)
+    assert {row["visual_tokens"] for row in rows} == {32}
+    assert report["samples"] == 3 and report["errors"] == 0
+    assert report["accuracy"] == pytest.approx(sum(row["correct"] for row in rows) / 3)
+    assert set(report["by_type"]) == {"direction", "object"}
+    assert set(report["by_needs_motion"]) == {"true", "false"}
+
+    before = out.read_text()
+    assert main(args) == 2  # never overwrite without --overwrite
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_text() == before
+    assert main(["eval", str(tmp_path / "missing.jsonl"), "--model", str(eval_checkpoint)]) == 2
+    assert main(["eval", "--model", str(eval_checkpoint)]) == 2

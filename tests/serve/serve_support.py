@@ -1,0 +1,60 @@
+"""Shared by the serve tests: a tiny random checkpoint on disk and a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+MODEL_NAME = "cope-test"
+SAMPLE = Path(__file__).resolve().parents[2] / "src" / "cope" / "assets" / "sample.mp4"
+
+
+def tiny_checkpoint(directory: Path) -> Path:
+    """A tiny random CoPE VideoLM saved like a real checkpoint (config.json + *.safetensors)."""
+    from cope.model.videolm import tiny_random
+
+    tiny_random(seed=0).save_pretrained(directory)
+    return directory
+
+
+def load(directory: Path):
+    from cope.model.videolm import CopeVideoLM
+
+    return CopeVideoLM.from_pretrained(directory)
+
+
+def block_worker(worker) -> threading.Event:
+    """Occupy the model worker until the returned event is set (a job that just waits)."""
+    from cope.serve.worker import Job
+
+    release, running = threading.Event(), threading.Event()
+
+    def wait(job):
+        running.set()
+        release.wait(60)
+
+    worker.submit(Job(wait, deadline=time.monotonic() + 120, loop=asyncio.new_event_loop()))
+    assert running.wait(10), "the worker did not pick up the blocking job"
+    return release
+
+
+def fill_queue(worker, release: threading.Event) -> None:
+    """Put jobs in the queue until it is full (they wait on ``release`` too)."""
+    from cope.serve.worker import Job
+
+    for _ in range(worker.queue_size):
+        worker.submit(
+            Job(lambda job: release.wait(60), deadline=time.monotonic() + 120, loop=asyncio.new_event_loop())
+        )
+
+
+def wait_idle(worker, timeout: float = 30.0) -> float:
+    """Seconds until the worker has nothing running or queued."""
+    start = time.monotonic()
+    while worker.running is not None or worker.waiting:
+        if time.monotonic() - start > timeout:
+            raise AssertionError("the worker stayed busy")
+        time.sleep(0.01)
+    return time.monotonic() - start
