@@ -5,7 +5,7 @@
 The clips are MotionQA scenes (``cope.data.motionqa_render``: procedural backgrounds, coloured
 shapes) whose camera pans with a new random velocity every second while 1–3 objects wander: every
 1-s frame pair moves, so the codec's motion vectors and residuals carry what changed. 1/8 of the
-clips are held out. Training is ``configs/pretrain-tiny.yaml`` with the data paths pointed here
+clips are held out. Training is ``configs/pretrain-pan-benchmark.yaml`` with the data paths pointed here
 (and ``--steps``).
 
 Prints one JSON object: the training loss against the copy-reference baseline at the start and
@@ -88,7 +88,7 @@ def main() -> int:
         "train.output_dir": str(run),
         "train.max_steps": args.steps,
     }
-    argv = ["pretrain", str(REPO / "configs" / "pretrain-tiny.yaml"), "--json"]
+    argv = ["pretrain", str(REPO / "configs" / "pretrain-pan-benchmark.yaml"), "--json"]
     for key, value in overrides.items():
         argv += ["--set", f"{key}={json.dumps(value)}"]
     if (run / "checkpoints").exists():

@@ -1,59 +1,55 @@
-"""Generate the bundled sample video ``src/cope/assets/sample.mp4`` (procedural, no third-party
-footage): 12 s, 640×360, 30 fps H.264 with B-frames, so the demo shows a real transcode.
+"""Generate the bundled sample video ``src/cope/assets/sample.mp4`` and its questions.
 
-A textured background pans slowly left; a red disc moves right for 4 s, then back left; a blue
-square falls and stops. Run: ``python scripts/make_sample_video.py`` (deterministic).
+A MotionQA scene (``cope.data.motionqa``) from outside the training data: the "halves" plan on the
+test split's held-out backgrounds, seed 2026, where an object moves one way during the first four
+seconds and another way during the next three. It is rendered at 480×480 and written as 8 s of
+H.264 with B-frames, so the demo shows a real transcode to the canonical MPEG-4 stream.
+``src/cope/assets/sample.json`` holds its questions with their ground-truth answers.
+
+Run: ``python scripts/make_sample_video.py`` (deterministic).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import av
-import numpy as np
 
-WIDTH, HEIGHT, FPS, SECONDS = 640, 360, 30, 12
-OUT = Path(__file__).resolve().parent.parent / "src" / "cope" / "assets" / "sample.mp4"
+from cope.data.motionqa import make_clip
+from cope.data.motionqa_render import render_frames
 
-
-def background(rng: np.random.Generator) -> np.ndarray:
-    """A smooth colour texture wider than the frame, so the camera can pan across it."""
-    noise = rng.random((HEIGHT // 8 + 2, (WIDTH + 400) // 8 + 2, 3)).astype(np.float32)
-    tex = np.repeat(np.repeat(noise, 8, axis=0), 8, axis=1)
-    for _ in range(4):  # box blur: soft blobs with enough detail for motion estimation
-        tex = (tex + np.roll(tex, 3, 0) + np.roll(tex, -3, 0) + np.roll(tex, 3, 1) + np.roll(tex, -3, 1)) / 5
-    tex = (tex - tex.min()) / (tex.max() - tex.min())
-    return (60 + 150 * tex[:HEIGHT, : WIDTH + 400]).astype(np.uint8)
-
-
-def render(bg: np.ndarray, i: int) -> np.ndarray:
-    t = i / FPS
-    pan = int(round(20 * t))  # the view moves right → content moves left on screen
-    frame = bg[:, pan : pan + WIDTH].copy()
-    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
-    disc_x = 120 + 60 * t if t < 4 else 360 - 45 * (t - 4)  # right, then back left
-    disc = (xx - disc_x) ** 2 + (yy - 200) ** 2 < 40**2
-    frame[disc] = (220, 40, 40)
-    square_y = min(40 + 50 * t, 260)
-    square = (abs(xx - 500) < 30) & (abs(yy - square_y) < 30)
-    frame[square] = (40, 70, 220)
-    return frame
+SIDE, FPS = 480, 30
+SEED, PLAN, ANSWER = 2026, "halves", ("right", "left")  # moves right, then back left
+ASSETS = Path(__file__).resolve().parent.parent / "src" / "cope" / "assets"
 
 
 def main() -> None:
-    rng = np.random.default_rng(7)
-    bg = background(rng)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(OUT), "w") as out:
-        stream = out.add_stream("libx264", rate=FPS, options={"crf": "26", "bf": "2", "g": "120"})
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        for i in range(FPS * SECONDS):
-            frame = av.VideoFrame.from_ndarray(render(bg, i), format="rgb24")
-            for packet in stream.encode(frame):
-                out.mux(packet)
+    clip = make_clip("test", 0, SEED, PLAN, ANSWER)
+    out = ASSETS / "sample.mp4"
+    with av.open(str(out), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS, options={"crf": "20", "bf": "2", "g": "120"})
+        stream.width = stream.height = SIDE
+        stream.pix_fmt = "yuv420p"
+        for rgb in render_frames(clip.scene, SIDE, SIDE):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
         for packet in stream.encode(None):
-            out.mux(packet)
-    print(f"wrote {OUT} ({OUT.stat().st_size / 1e3:.0f} kB)")
+            container.mux(packet)
+    questions = [
+        {
+            "question": q.question,
+            "answer": q.answer,
+            "options": q.options,
+            "type": q.type,
+            "needs_motion": q.needs_motion,
+        }
+        for q in clip.questions
+    ]
+    (ASSETS / "sample.json").write_text(
+        json.dumps({"video": "sample.mp4", "questions": questions}, indent=1) + "\n"
+    )
+    print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB): {[q['question'] for q in questions]}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 SIDE = 128  # small canonical frames keep the suite fast; motion maths is size-independent
 
@@ -47,6 +48,18 @@ def write_translation_clip(
         for packet in stream.encode(None):
             out.mux(packet)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and steady on a busy shared 2-core CPU.
+
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

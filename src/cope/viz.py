@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from cope.codec.extract import CodecVideo
-from cope.codec.primitives import IFrame, PFrame
+from cope.codec.primitives import PFrame
 
 
 def flow_to_rgb(mv: np.ndarray) -> np.ndarray:
@@ -33,9 +33,10 @@ def plot_codec_view(video: CodecVideo, out: str | Path, fusion: int = 30, name: 
     plan = video.plan(fusion=fusion, keyframes_per_gop=1)
     first_gop = [e for e in plan.entries if e.gop == plan.gops[0]]
     gop_plan = type(plan)(tuple(first_gop))
-    entries = list(video.entries(gop_plan))
+    # P-frames keep their RGB: each is the next one's reference.
+    entries = list(video.entries(gop_plan, with_rgb=True))
     pframes = [e for e in entries if isinstance(e, PFrame)]
-    reference = {e.index: e for e in entries if isinstance(e, IFrame)}
+    reference = {e.index: e.rgb for e in entries}
 
     fig = plt.figure(figsize=(14, 8), constrained_layout=True)
     grid = fig.add_gridspec(2, 3, height_ratios=[1, 3])
@@ -79,9 +80,9 @@ def _draw_timeline(ax, video: CodecVideo, plan, fusion: int) -> None:
     ax.legend(loc="upper right", fontsize=8, ncol=4)
 
 
-def _draw_frame(ax, pframe: PFrame, reference: IFrame | None) -> None:
+def _draw_frame(ax, pframe: PFrame, reference: np.ndarray | None) -> None:
     if reference is not None:
-        ax.imshow(reference.rgb)
+        ax.imshow(reference)
     ax.set_title(f"reference frame {pframe.ref_index}")
     ax.axis("off")
 

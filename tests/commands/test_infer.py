@@ -5,24 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+from command_fixtures import *  # noqa: F403 - the session fixture `checkpoint`
 
 from cope.cli import main
-from cope.model.videolm import tiny_random
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    model = tiny_random(image_size=56, canonical_side=48, canonical_gop=30, fusion=5, keyframes_per_gop=2)
-    return str(model.save_pretrained(tmp_path_factory.mktemp("models") / "cope-tiny-infer"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def infer(capsys, *args):

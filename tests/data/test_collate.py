@@ -181,3 +181,26 @@ def test_sample_with_a_second_placeholder_is_dropped_not_fatal(tokenizer):
 def test_placeholder_must_be_one_token(tokenizer):
     with pytest.raises(ValueError, match="not one token"):
         InstructCollator(tokenizer, CollateConfig(video_placeholder="<clip>"))
+
+
+def test_training_prompt_is_the_inference_prompt():
+    """What the model is trained on up to the answer is exactly what `cope ask` feeds it."""
+    from cope.model.videolm import tiny_random
+
+    model = tiny_random(image_size=16, patch_size=8, canonical_side=16)
+    question, answer = "which way does the red circle move ?", "left"
+    collator = InstructCollator(
+        model.tokenizer,
+        CollateConfig(
+            video_placeholder=model.config.video_placeholder,
+            chat_template=model.config.chat_template,
+            system_prompt=model.config.system_prompt,
+            layout=model.config.layout,
+        ),
+    )
+    batch = collator([sample([("human", "<image>\n" + question), ("gpt", answer)])])
+    prompt = model.build_prompt(torch.zeros(3, model.hidden_size), question).input_ids.tolist()
+    ids, labels = batch.input_ids[0].tolist(), batch.labels[0].tolist()
+    assert ids[: len(prompt)] == prompt
+    assert all(label == IGNORE_INDEX for label in labels[: len(prompt)])
+    assert model.tokenizer.decode(ids[len(prompt) :]).split()[0] == answer

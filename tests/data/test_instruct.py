@@ -142,6 +142,17 @@ def test_jitter_keeps_the_plan_valid_and_is_seeded():
         sampling.plan(frames, starts, 240)
 
 
+def test_keyframes_choices_draw_one_codec_plan_per_sample():
+    frames, starts = 480, [0, 240]
+    sampling = Sampling(fusion=30, keyframes_choices=(1, 2, 4))
+    plans = [sampling.plan(frames, starts, 240, rng=np.random.default_rng(s)) for s in range(40)]
+    codec_plans = {k: cope_plan(frames, starts, 240, 30, k) for k in (1, 2, 4)}
+    assert all(p in codec_plans.values() for p in plans)  # every draw is exactly one K's plan
+    assert {p.rgb_frames for p in plans} == {2, 4, 8}  # and every K is drawn
+    with pytest.raises(ValueError, match="random generator"):
+        sampling.plan(frames, starts, 240)
+
+
 # --- the dataset ----------------------------------------------------------------------------------
 
 

@@ -440,3 +440,29 @@ def test_cli_refuses_to_overwrite_and_names_the_file(test_split):
         timeout=60,
     )
     assert bad_split.returncode == 2 and len(bad_split.stderr.strip().splitlines()) == 1
+
+
+def test_chat_records_hold_every_question_of_a_clip_once():
+    from cope.data.motionqa import chat_records
+
+    llava = [
+        {
+            "id": "train-000001-0",
+            "video": "v1.mp4",
+            "conversations": [{"from": "human", "value": "<image>\nQ1"}, {"from": "gpt", "value": "left"}],
+        },
+        {
+            "id": "train-000001-1",
+            "video": "v1.mp4",
+            "conversations": [{"from": "human", "value": "<image>\nQ2"}, {"from": "gpt", "value": "red"}],
+        },
+        {
+            "id": "train-000002-0",
+            "video": "v2.mp4",
+            "conversations": [{"from": "human", "value": "<image>\nQ3"}, {"from": "gpt", "value": "yes"}],
+        },
+    ]
+    chats = chat_records(llava)
+    assert [c["id"] for c in chats] == ["train-000001", "train-000002"]
+    assert [t["value"] for t in chats[0]["conversations"]] == ["<image>\nQ1", "left", "Q2", "red"]
+    assert [t["from"] for t in chats[0]["conversations"]] == ["human", "gpt", "human", "gpt"]

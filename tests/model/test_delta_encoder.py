@@ -9,14 +9,7 @@ from cope.errors import CopeInputError
 from cope.model.delta import DeltaEncoder, delta_encoder_config, normalize_motion
 from cope.model.delta.modeling_delta import resolve_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and steady on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def primitives(batch: int, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

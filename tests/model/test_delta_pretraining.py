@@ -25,14 +25,7 @@ from cope.model.delta.metrics import (
 )
 from cope.model.vision import bilinear_pool, frames_to_pixels, vision_features
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and steady on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_pretrainer(seed: int = 0, **overrides) -> DeltaPretrainer:

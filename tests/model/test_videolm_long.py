@@ -14,7 +14,6 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-import torch
 
 from conftest import texture
 from cope.codec.extract import open_video
@@ -23,12 +22,7 @@ from cope.model.videolm import tiny_random
 NO_GOP_CAP = 10**6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_canonical_clip(path, seconds: int, side: int, gop: int = 8):

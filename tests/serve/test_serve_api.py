@@ -105,17 +105,17 @@ def test_models_and_health(server, client):
 def test_upload_returns_file_object_with_gop_summary(uploaded):
     assert uploaded.id.startswith("file-") and uploaded.bytes == SAMPLE.stat().st_size
     video = uploaded.model_extra["video"]
-    assert video["source"]["frames"] == 360 and video["canonical"]["frame_types"] == {
-        "I": 2,
-        "P": 358,
+    assert video["source"]["frames"] == 240 and video["canonical"]["frame_types"] == {
+        "I": 1,
+        "P": 239,
         "B": 0,
     }
     # The inspect contract's paper-layout counts, plus this model's own (3×3 pooled grid → 12 per RGB frame).
     assert video["plans"]["cope_k1"] == {
-        "visual_tokens": 520,
-        "rgb_frames": 2,
-        "delta_frames": 10,
-        "model_tokens": 124,
+        "visual_tokens": 280,
+        "rgb_frames": 1,
+        "delta_frames": 7,
+        "model_tokens": 82,
     }
     assert video["plans"]["dense64"]["visual_tokens"] == 13440
 
@@ -146,7 +146,7 @@ def test_openai_client_plain_matches_the_model_and_streaming(client, uploaded, d
     assert plain.usage.completion_tokens == direct.new_tokens
     assert plain.usage.prompt_tokens == direct.prompt_tokens
     assert plain.usage.total_tokens == direct.prompt_tokens + direct.new_tokens
-    assert usage["visual_tokens"] == encoded.visual_tokens == 124
+    assert usage["visual_tokens"] == encoded.visual_tokens == 82
     assert 0 < usage["ttft_s"] <= usage["e2e_s"]
 
     stream = client.chat.completions.create(
@@ -197,7 +197,7 @@ def test_second_turn_reuses_encoded_video_and_kv_cache(client, server, uploaded)
         other = client.chat.completions.create(
             model=MODEL_NAME, messages=[video_message(url)], max_tokens=4, extra_body={"mode": "iframes-only"}
         )
-        assert len(calls) == 2 and other.usage.model_extra["visual_tokens"] == 2 * 12
+        assert len(calls) == 2 and other.usage.model_extra["visual_tokens"] == 1 * 12
     finally:
         model.encode_video = original
 

@@ -73,8 +73,8 @@ def test_page_uploads_video_shows_summary_and_streams_an_answer(server, browser)
     assert browser.find_element(By.ID, "preview").get_attribute("src").startswith("blob:")
     row = browser.find_element(By.CSS_SELECTOR, "tr[data-plan='cope_k1']").text.split()
     # RGB frames, Δ-frames, paper-layout tokens, % of dense64, this model's tokens (3×3 grid + newlines)
-    assert row == ["cope_k1", "2", "10", "520", "3.9", "124"]
-    assert "2 I-frames" in browser.find_element(By.ID, "summary-stream").text
+    assert row == ["cope_k1", "1", "7", "280", "2.1", "82"]  # the 8-s sample is one GOP: 1 I + 7 P
+    assert "1 I-frames" in browser.find_element(By.ID, "summary-stream").text
 
     question = browser.find_element(By.ID, "question")
     wait.until(lambda _: question.is_enabled())

@@ -44,7 +44,7 @@ def test_canonical_stream_cached_and_rejected_uploads_deleted(tmp_path):
     store = make_store(tmp_path)
     video = store.add_bytes(SAMPLE.read_bytes(), "sample.mp4")
     first = store.open_canonical(video)
-    assert first.info.width == 32 and first.info.frames == 360
+    assert first.info.width == 32 and first.info.frames == 240
     canonical_files = sorted(store.canonical_dir.glob(f"{video.sha256}-*"))
     assert [p.suffix for p in canonical_files] == [".json", ".mp4"]
     mtime = canonical_files[1].stat().st_mtime_ns
@@ -65,14 +65,14 @@ def test_duration_and_resolution_limits_are_checked_before_transcoding(tmp_path)
     video = store.add_bytes(SAMPLE.read_bytes(), "sample.mp4")
     with pytest.raises(APIError) as long:
         store.open_canonical(video)
-    assert long.value.status == 413 and "12.0 s long" in long.value.message
+    assert long.value.status == 413 and "8.0 s long" in long.value.message
     assert not list(store.canonical_dir.iterdir()), "refused before any transcoding"
     store.close()
     store = make_store(tmp_path, max_side=320)
     video = store.add_bytes(SAMPLE.read_bytes(), "sample.mp4")
     with pytest.raises(APIError) as wide:
         store.check_limits(video)
-    assert wide.value.status == 400 and "640x360" in wide.value.message
+    assert wide.value.status == 400 and "480x480" in wide.value.message
     store.close()
 
 

@@ -119,17 +119,27 @@ def check_sampling(config, video, args) -> None:
     )
 
 
-def cmd_ask(args) -> int:
-    from cope.errors import CopeInputError
+def load_and_encode(args):
+    """(model, encoded video, generation config) for ask and chat.
 
-    if not args.question.strip():
-        raise CopeInputError("the question is empty")
+    The options, the video and the plan are checked before any weights load, so bad input fails
+    at once.
+    """
     generation = generation_config(args)
     name, config = model_config(args)
     video = open_model_video(config, args.video, args)
     check_sampling(config, video, args)
     model = load_model(args, name)
     encoded = model.encode_video(video, args.mode, progress=True, **sampling_options(args))
+    return model, encoded, generation
+
+
+def cmd_ask(args) -> int:
+    from cope.errors import CopeInputError
+
+    if not args.question.strip():
+        raise CopeInputError("the question is empty")
+    model, encoded, generation = load_and_encode(args)
     stream = model.stream(model.build_prompt(encoded, args.question), generation)
     if args.json:
         answer = stream.finish()

@@ -11,28 +11,14 @@ from __future__ import annotations
 import json
 import sys
 
-from cope.commands.ask import (
-    add_model_options,
-    check_sampling,
-    generation_config,
-    load_model,
-    model_config,
-    open_model_video,
-    sampling_options,
-    summary_line,
-)
+from cope.commands.ask import add_model_options, load_and_encode, summary_line
 from cope.errors import CopeInputError
 
 QUIT_COMMANDS = ("/quit", "/exit")
 
 
 def cmd_chat(args) -> int:
-    generation = generation_config(args)
-    name, config = model_config(args)
-    video = open_model_video(config, args.video, args)
-    check_sampling(config, video, args)
-    model = load_model(args, name)
-    encoded = model.encode_video(video, args.mode, progress=True, **sampling_options(args))
+    model, encoded, generation = load_and_encode(args)
     session = model.chat(encoded, generation)
     print(
         f"{args.video}: {encoded.visual_tokens} visual tokens ({encoded.mode}). "

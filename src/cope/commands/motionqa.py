@@ -19,7 +19,10 @@ SPLITS = ("train", "val", "test")  # cope.data.motionqa.SPLITS, repeated so --he
 def register(commands) -> None:
     parser = commands.add_parser("motionqa", help="the MotionQA synthetic video-QA benchmark")
     sub = parser.add_subparsers(
-        dest="motionqa_command", metavar="{generate,stats,verify}", required=True, parser_class=Parser
+        dest="motionqa_command",
+        metavar="{generate,stats,verify,pretrain-tower}",
+        required=True,
+        parser_class=Parser,
     )
 
     generate = sub.add_parser("generate", help="render clips and write questions for one split")
@@ -53,6 +56,28 @@ def register(commands) -> None:
     )
     verify.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     verify.set_defaults(func=cmd_verify)
+
+    tower = sub.add_parser(
+        "pretrain-tower",
+        help="teach a small vision tower what each patch shows (colour, shape) from the ground truth",
+        description=(
+            "Pre-train the vision tower of a CoPE checkpoint on MotionQA clips: every patch token "
+            "predicts the colour and shape of the object covering it. The result (train.output_dir/final) "
+            "is the checkpoint with the trained tower. The tiny recipe's first training step."
+        ),
+    )
+    from cope.train.launch import add_run_options
+
+    add_run_options(tower)
+    tower.set_defaults(func=cmd_pretrain_tower)
+
+
+def cmd_pretrain_tower(args) -> int:
+    from cope.train.launch import is_main_process, load_stage_config, report
+    from cope.train.tower import TowerPretrainConfig, run_tower_pretrain
+
+    config = load_stage_config(args, TowerPretrainConfig)
+    return report(run_tower_pretrain(config, resume=args.resume), args, is_main_process())
 
 
 def cmd_generate(args) -> int:

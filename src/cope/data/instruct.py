@@ -232,6 +232,11 @@ class Sampling:
     # Slot 0 stays the I-frame; the other K − 1 keyframes are random slots instead of every
     # (slots/K)-th. P slots still take their Δ against the previous slot.
     keyframe_jitter: bool = False
+    # Draw K for every sample uniformly from these (e.g. (1, 2, 4), so one model serves every K);
+    # empty: always keyframes_per_gop.
+    keyframes_choices: tuple[int, ...] = ()
+    # Keep only the keyframes (the "iframes-only" mode: LLaVA-Video at matched keyframes).
+    iframes_only: bool = False
 
     def keyframes(self, gop_size: int) -> int:
         return gop_size // self.fusion if self.keyframes_per_gop == "dense" else int(self.keyframes_per_gop)
@@ -245,9 +250,12 @@ class Sampling:
         rng: np.random.Generator | None = None,
     ) -> TokenPlan:
         """The plan over ``available_gops`` (default: all; a cache may hold fewer). ``rng`` drives jitter."""
-        spacing = keyframe_spacing(gop_size, self.fusion, self.keyframes(gop_size))
-        if (self.gop_jitter or self.keyframe_jitter) and rng is None:
+        if (self.gop_jitter or self.keyframe_jitter or self.keyframes_choices) and rng is None:
             raise ValueError("jittered sampling needs a random generator")
+        keyframes = self.keyframes(gop_size)
+        if self.keyframes_choices:
+            keyframes = int(rng.choice(self.keyframes_choices))
+        spacing = keyframe_spacing(gop_size, self.fusion, keyframes)
         bounds = gop_bounds(num_frames, gop_starts)
         available = list(range(len(bounds))) if available_gops is None else list(available_gops)
         entries = []
@@ -258,7 +266,7 @@ class Sampling:
             for slot, index in enumerate(indices):
                 if slot in keyframes:
                     entries.append(PlanEntry("I", index, gop))
-                else:
+                elif not self.iframes_only:
                     entries.append(PlanEntry("P", index, gop, ref_index=index - self.fusion))
         return TokenPlan(tuple(entries))
 

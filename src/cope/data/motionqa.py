@@ -45,6 +45,7 @@ import os
 import re
 import tempfile
 import time
+import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -996,9 +997,84 @@ def validate_args(
         raise CopeInputError(f"--workers must be at least 1, got {workers}")
 
 
+STEP_TEMPLATES = (
+    "Which way does the {subject} move between second {t} and second {u}?",
+    "From second {t} to second {u}, where does the {subject} go?",
+    "Between seconds {t} and {u}, which direction is the {subject} moving?",
+)
+STEPS_PER_CLIP = 6  # per-second motion turns added to each training conversation
+
+
+def step_questions(
+    scene: Scene, rng: np.random.Generator, limit: int = STEPS_PER_CLIP
+) -> list[tuple[str, str]]:
+    """Per-second motion questions about one clip: (question, answer) pairs, training only.
+
+    One question asks which way one object (visible at t = 0, so named by colour and shape) or the
+    camera moves between two consecutive slots; the answer is left / right / up / down, or still.
+    Every Δ-frame of the K = 1 plan spans exactly one such second, so these turns supervise the
+    reading of single Δ-frames, which the clip-level questions only do in aggregate. At most a
+    third of the chosen questions are "still"; the test split never asks them.
+    """
+    subjects = [(o.name, o.positions, o) for o in scene.objects if o.appear == 0]
+    if any(a != b for a, b in zip(scene.camera, scene.camera[1:], strict=False)):
+        subjects.append(("camera", scene.camera, None))
+    moving, still = [], []
+    for name, track, obj in subjects:
+        for t in range(scene.seconds - 1):
+            if obj is not None and not (obj.visible_at(t) and obj.visible_at(t + 1)):
+                continue
+            label = step_direction(track[t + 1][0] - track[t][0], track[t + 1][1] - track[t][1])
+            (moving if label else still).append((name, t, label or "still"))
+    chosen = [moving[i] for i in rng.permutation(len(moving))[:limit]]
+    room = min(limit - len(chosen), max(1, limit // 3))
+    chosen += [still[i] for i in rng.permutation(len(still))[:room]]
+    turns = []
+    for name, t, label in chosen:
+        template = STEP_TEMPLATES[int(rng.integers(len(STEP_TEMPLATES)))]
+        subject = "camera" if name == "camera" else name
+        question = template.format(subject=subject, t=t, u=t + 1)
+        if name == "camera":
+            question = question.replace("does the camera move", "does the camera pan")
+        turns.append((question, label))
+    return turns
+
+
+def chat_records(llava: list[dict], scenes: dict[str, Scene] | None = None, seed: int = 0) -> list[dict]:
+    """One multi-turn record per clip: its questions in order, the video placeholder in the first turn.
+
+    Training on these encodes each clip once for all of its questions (2.2 on average). With
+    ``scenes`` (video path → Scene) each conversation ends with the clip's per-second motion turns
+    (``step_questions``), after its real questions so that no real answer can lean on them.
+    """
+    by_video: dict[str, dict] = {}
+    for record in llava:
+        human, answer = record["conversations"]
+        chat = by_video.get(record["video"])
+        if chat is None:
+            clip_id = record["id"].rsplit("-", 1)[0]
+            by_video[record["video"]] = {
+                "id": clip_id,
+                "video": record["video"],
+                "conversations": [human, answer],
+            }
+        else:
+            question = human["value"].removeprefix("<image>\n")
+            chat["conversations"] += [{"from": "human", "value": question}, answer]
+    for video, chat in by_video.items():
+        if scenes is None or video not in scenes:
+            continue
+        rng = np.random.default_rng([seed, zlib.crc32(chat["id"].encode())])
+        for question, answer in step_questions(scenes[video], rng):
+            chat["conversations"] += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    return list(by_video.values())
+
+
 def output_paths(out_dir: Path, split: str) -> dict[str, Path]:
     return {
         "llava": out_dir / f"{split}.json",
+        "chat": out_dir / f"{split}-chat.json",
+        "appearance": out_dir / f"{split}-appearance.json",
         "local": out_dir / f"{split}.jsonl",
         "meta": out_dir / f"{split}-meta.jsonl",
     }
@@ -1036,6 +1112,10 @@ def generate_split(
     llava = [r for result in results for r in result[0]]
     local = [r for result in results for r in result[1]]
     _atomic_write(paths["llava"], json.dumps(llava, indent=1) + "\n")
+    scenes = {meta["video"]: Scene.from_dict(meta["scene"]) for _, _, meta in results}
+    _atomic_write(paths["chat"], json.dumps(chat_records(llava, scenes, seed), indent=1) + "\n")
+    appearance = [r for r, q in zip(llava, local, strict=True) if not q["needs_motion"]]
+    _atomic_write(paths["appearance"], json.dumps(appearance, indent=1) + "\n")
     _atomic_write(paths["local"], "".join(json.dumps(r) + "\n" for r in local))
     _atomic_write(paths["meta"], "".join(json.dumps(result[2]) + "\n" for result in results))
     entry = {

@@ -406,3 +406,27 @@ def write_video(
                 out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
+
+
+def patch_labels(scene: Scene, slot: int, grid: int, side: int = 112) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patch ground truth of one slot's frame: ((grid, grid) colour ids, (grid, grid) shape ids).
+
+    The frame is rendered at ``side``×``side`` (the tiny vision tower's input) and cut into
+    grid × grid patches; a patch takes the label of the visible object covering most of it when
+    that covers at least a quarter of the patch, else 0 (background). Colour ids are 1 + the index
+    in ``COLOURS``, shape ids 1 + the index in ``SHAPES``: the targets of the tiny vision tower's
+    pre-training (there is no pretrained SigLIP to start from here).
+    """
+    cell = side // grid
+    colours = np.zeros((grid, grid), dtype=np.int64)
+    shapes = np.zeros((grid, grid), dtype=np.int64)
+    best = np.zeros((grid, grid), dtype=np.float64)
+    names = list(COLOURS)
+    for index, obj in enumerate(scene.objects):
+        cover = object_mask(scene, index, slot, side, side)[: grid * cell, : grid * cell]
+        share = cover.reshape(grid, cell, grid, cell).mean(axis=(1, 3))
+        take = (share >= 0.25) & (share > best)
+        colours[take] = 1 + names.index(obj.colour)
+        shapes[take] = 1 + SHAPES.index(obj.shape)
+        best = np.maximum(best, np.where(take, share, best))
+    return colours, shapes

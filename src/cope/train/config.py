@@ -5,7 +5,7 @@ A config file is a mapping whose sections are the fields of a top-level dataclas
 dataclass field: a typo is an error, never silently ignored. ``--set section.key=value`` on the
 command line overrides single values (the value is parsed as YAML).
 
-    config = load_config("configs/pretrain-tiny.yaml", PretrainConfig, overrides=["train.max_steps=10"])
+    config = load_config("configs/tiny/stage1.yaml", PretrainConfig, overrides=["train.max_steps=10"])
 """
 
 from __future__ import annotations

@@ -59,6 +59,7 @@ class Stage2ModelConfig:
     # Δ-encoder (stage 0, dense only).
     delta_encoder: str = ""
     delta_encoder_preset: str = "compact"
+    delta_encoder_overrides: dict[str, Any] = field(default_factory=dict)  # fields of a fresh one
     train_parts: list[str] = field(default_factory=lambda: ["delta_encoder", "projector", "llm"])
     lora: LoraSettings = field(default_factory=LoraSettings)
     gradient_checkpointing: bool = False  # recompute LLM (and trained tower) activations in backward
@@ -78,20 +79,23 @@ class Stage2DataConfig:
     mix: str = ""  # data-mix YAML (sources, video roots, ratios)
     eval_mix: str = ""  # held-out data mix for the evaluation loss ("" = no evaluation)
     eval_max_samples: int = 64  # evaluation cost cap (first N samples of the eval mix)
-    mode: str = "cope"  # "cope": K keyframes + fused P-frames per GOP; "dense": every 1-FPS slot as RGB
+    # "cope": K keyframes + fused P-frames per GOP; "iframes-only": the same K keyframes alone;
+    # "dense": every 1-FPS slot as RGB
+    mode: str = "cope"
     keyframes_per_gop: int = 4  # paper stage 2: 4 keyframes + 4 P-frames per GOP
     fusion: int = 30
     max_gops: int = 64
     gop_jitter: bool = False  # random GOP per stratum beyond max_gops
     keyframe_jitter: bool = False  # random positions for the extra keyframes
+    keyframes_choices: list[int] = field(default_factory=list)  # draw K per sample from these
     slot_cache: str = ""  # a `cope preprocess` cache (else every video is decoded when read)
     transcode_cache: str = ""  # canonical-stream cache for decoded videos (default ~/.cache/cope)
     max_length: int = 32768  # LLM positions per sample, text + visual (LLaVA-Video: 32K)
     pad_to_multiple_of: int = 0
 
     def __post_init__(self):
-        if self.mode not in ("cope", "dense"):
-            raise ValueError(f"data.mode must be 'cope' or 'dense', got {self.mode!r}")
+        if self.mode not in ("cope", "iframes-only", "dense"):
+            raise ValueError(f"data.mode must be 'cope', 'iframes-only' or 'dense', got {self.mode!r}")
 
 
 @dataclass
@@ -148,13 +152,9 @@ def _delta_encoder(config: Stage2ModelConfig, model, needs_deltas: bool):
         return None
     vision_width = model.base.config.vision_config.hidden_size
     queries = model.config.layout.delta_tokens // 2
+    settings = {"motion_queries": queries, "residual_queries": queries, **config.delta_encoder_overrides}
     return DeltaEncoder(
-        delta_encoder_config(
-            config.delta_encoder_preset,
-            output_dim=vision_width,
-            motion_queries=queries,
-            residual_queries=queries,
-        )
+        delta_encoder_config(config.delta_encoder_preset, **settings, output_dim=vision_width)
     )
 
 
@@ -269,6 +269,8 @@ class FinetuneTask(TrainTask):
             max_gops=data.max_gops,
             gop_jitter=data.gop_jitter,
             keyframe_jitter=data.keyframe_jitter,
+            keyframes_choices=tuple(data.keyframes_choices),
+            iframes_only=data.mode == "iframes-only",
         )
         settings = InstructDataConfig(
             sampling=sampling,

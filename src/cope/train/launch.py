@@ -2,7 +2,7 @@
 
 Both commands are the same entry point on a laptop and on a cluster:
 
-    cope pretrain configs/pretrain-tiny.yaml
+    cope pretrain configs/tiny/stage1.yaml
     accelerate launch --config_file configs/accelerate/multi-gpu.yaml --num_processes 8 \\
         -m cope.cli finetune configs/finetune-paper-7b.yaml
 """

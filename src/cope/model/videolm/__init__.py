@@ -5,10 +5,12 @@ See docs/videolm.md (usage) and the "VideoLM API" section of docs/architecture.m
 
 from cope.model.videolm.builders import (
     PAPER_7B_BASE,
+    cope_tiny_init,
     default_model_path,
     paper_7b,
     paper_7b_config,
     resolve_model,
+    smollm2_tokenizer,
     tiny_random,
     word_tokenizer,
 )
@@ -41,11 +43,13 @@ __all__ = [
     "TextStream",
     "Timings",
     "TrainingBatch",
+    "cope_tiny_init",
     "default_model_path",
     "encode_video",
     "paper_7b",
     "paper_7b_config",
     "resolve_model",
+    "smollm2_tokenizer",
     "tiny_random",
     "word_tokenizer",
 ]

