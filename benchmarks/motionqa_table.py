@@ -79,9 +79,7 @@ def evaluate_row(model, cache, questions, plan_k, deltas: str, max_new_tokens: i
             correct["motion" if q["needs_motion"] else "appearance"].append(ok)
             by_type.setdefault(q["type"], []).append(ok)
     return {
-        "accuracy": _mean(correct["all"]),
-        "motion_accuracy": _mean(correct["motion"]),
-        "appearance_accuracy": _mean(correct["appearance"]),
+        **accuracies(correct),
         "questions": len(correct["all"]),
         "motion_questions": len(correct["motion"]),
         "visual_tokens": sum(tokens) / len(tokens),
@@ -96,7 +94,16 @@ def chance(questions: dict[str, list[dict]]) -> dict:
         for q in items:
             odds["all"].append(1 / len(q["options"]))
             odds["motion" if q["needs_motion"] else "appearance"].append(1 / len(q["options"]))
-    return {f"{key}_accuracy" if key != "all" else "accuracy": _mean(v) for key, v in odds.items()}
+    return accuracies(odds)
+
+
+def accuracies(groups: dict[str, list]) -> dict:
+    """{"all", "motion", "appearance"} → the table's accuracy keys, in percent."""
+    return {
+        "accuracy": _mean(groups["all"]),
+        "motion_accuracy": _mean(groups["motion"]),
+        "appearance_accuracy": _mean(groups["appearance"]),
+    }
 
 
 def _mean(values: list) -> float:

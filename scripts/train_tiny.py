@@ -31,15 +31,26 @@ SPLITS = {"train": 3000, "val": 200, "test": 500}
 COPE = [sys.executable, "-m", "cope.cli"]
 
 
-def run(step: str, command: list[str], done: Path, timings: dict) -> None:
+def timed_step(step: str, done: Path, timings: dict, action) -> None:
+    """Run ``action()`` unless ``done`` exists; its wall time goes into ``timings`` and recipe.json."""
     if done.exists():
         print(f"[{step}] done already ({done.relative_to(ROOT)})", file=sys.stderr)
         return
-    print(f"[{step}] {' '.join(str(c) for c in command)}", file=sys.stderr)
     started = time.perf_counter()
-    subprocess.run([str(c) for c in command], cwd=ROOT, check=True)
+    action()
     timings[step] = round(time.perf_counter() - started, 1)
     record_timings(timings)
+
+
+def run(step: str, command: list, done: Path, timings: dict) -> None:
+    """One ``cope`` command as a step of the recipe."""
+    command = [str(c) for c in command]
+
+    def action() -> None:
+        print(f"[{step}] {' '.join(command)}", file=sys.stderr)
+        subprocess.run(command, cwd=ROOT, check=True)
+
+    timed_step(step, done, timings, action)
 
 
 def record_timings(timings: dict) -> None:
@@ -57,9 +68,8 @@ def data_steps(timings: dict, workers: int) -> None:
         run(f"motionqa-{split}", generate, motionqa / f"{split}-chat.json", timings)
     lists = []
     for split in SPLITS:
-        listing = BUILD / f"{split}.list"
-        listing.write_text("".join(f"{p}\n" for p in sorted((motionqa / "videos").glob(f"{split}-*.mp4"))))
-        lists.append(listing.read_text())
+        lists.append("".join(f"{p}\n" for p in sorted((motionqa / "videos").glob(f"{split}-*.mp4"))))
+        (BUILD / f"{split}.list").write_text(lists[-1])
     everything = BUILD / "all.list"
     everything.write_text("".join(lists))
     preprocess = [*COPE, "preprocess", everything, "--out", BUILD / "cache", "--size", "128x128"]
@@ -69,15 +79,12 @@ def data_steps(timings: dict, workers: int) -> None:
 
 
 def init_model(timings: dict) -> None:
-    out = BUILD / "init"
-    if (out / "config.json").exists():
-        return
-    started = time.perf_counter()
-    from cope.model.videolm import cope_tiny_init
+    def action() -> None:
+        from cope.model.videolm import cope_tiny_init
 
-    cope_tiny_init(seed=0).save_pretrained(out)
-    timings["init"] = round(time.perf_counter() - started, 1)
-    record_timings(timings)
+        cope_tiny_init(seed=0).save_pretrained(BUILD / "init")
+
+    timed_step("init", BUILD / "init" / "config.json", timings, action)
 
 
 def export(overwrite: bool) -> None:

@@ -92,6 +92,10 @@ class TokenPlan:
     def gops(self) -> list[int]:
         return sorted({e.gop for e in self.entries})
 
+    def keyframes_only(self) -> TokenPlan:
+        """The same plan without its P entries (the ``iframes-only`` mode)."""
+        return TokenPlan(tuple(e for e in self.entries if e.kind == "I"))
+
     def to_dict(self) -> dict:
         """The ``PLAN`` object of ``cope inspect --json``."""
         return {

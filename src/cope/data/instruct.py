@@ -252,10 +252,10 @@ class Sampling:
         """The plan over ``available_gops`` (default: all; a cache may hold fewer). ``rng`` drives jitter."""
         if (self.gop_jitter or self.keyframe_jitter or self.keyframes_choices) and rng is None:
             raise ValueError("jittered sampling needs a random generator")
-        keyframes = self.keyframes(gop_size)
-        if self.keyframes_choices:
-            keyframes = int(rng.choice(self.keyframes_choices))
-        spacing = keyframe_spacing(gop_size, self.fusion, keyframes)
+        count = (
+            int(rng.choice(self.keyframes_choices)) if self.keyframes_choices else self.keyframes(gop_size)
+        )
+        spacing = keyframe_spacing(gop_size, self.fusion, count)
         bounds = gop_bounds(num_frames, gop_starts)
         available = list(range(len(bounds))) if available_gops is None else list(available_gops)
         entries = []
@@ -266,9 +266,10 @@ class Sampling:
             for slot, index in enumerate(indices):
                 if slot in keyframes:
                     entries.append(PlanEntry("I", index, gop))
-                elif not self.iframes_only:
+                else:
                     entries.append(PlanEntry("P", index, gop, ref_index=index - self.fusion))
-        return TokenPlan(tuple(entries))
+        plan = TokenPlan(tuple(entries))
+        return plan.keyframes_only() if self.iframes_only else plan
 
     def choose_gops(self, available: list[int], rng: np.random.Generator | None) -> list[int]:
         if len(available) <= self.max_gops:

@@ -1032,8 +1032,7 @@ def step_questions(
     turns = []
     for name, t, label in chosen:
         template = STEP_TEMPLATES[int(rng.integers(len(STEP_TEMPLATES)))]
-        subject = "camera" if name == "camera" else name
-        question = template.format(subject=subject, t=t, u=t + 1)
+        question = template.format(subject=name, t=t, u=t + 1)
         if name == "camera":
             question = question.replace("does the camera move", "does the camera pan")
         turns.append((question, label))

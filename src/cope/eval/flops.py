@@ -197,7 +197,7 @@ def clip_plans(seconds: int = 64, fusion: int = DEFAULT_FUSION) -> dict[str, Tok
     for k in (1, 2, 4):
         plans[f"cope_k{k}"] = cope_plan(frames, starts, CANONICAL_GOP, fusion, k)
     k1 = plans["cope_k1"]
-    plans["iframes_k1"] = TokenPlan(tuple(e for e in k1.entries if e.kind == "I"))
+    plans["iframes_k1"] = k1.keyframes_only()
     return plans
 
 

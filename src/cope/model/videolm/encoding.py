@@ -69,7 +69,7 @@ def mode_plan(
         plan = video.plan(fusion=fusion, keyframes_per_gop=keyframes_per_gop, max_gops=max_gops)
     except ValueError as exc:
         raise CopeInputError(str(exc)) from None
-    keyframes = TokenPlan(tuple(e for e in plan.entries if e.kind == "I"))
+    keyframes = plan.keyframes_only()
     if mode == "cope":
         return plan, plan
     if mode == "iframes-only":
