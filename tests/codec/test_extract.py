@@ -109,6 +109,7 @@ def _zero_block_share(reader, rounding_flip: int) -> float:
     return float(np.concatenate(zero).mean())
 
 
+@pytest.mark.slow
 def test_rebuilt_residual_is_the_decoders(halfpel_clip, cache_dir):
     """Exactness: with the VOP rounding bit read from the bitstream, the rebuilt residual is a
     dequantised DCT signal and uncoded blocks come out exactly zero; with the bit flipped (a

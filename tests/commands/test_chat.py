@@ -6,7 +6,6 @@ import io
 import json
 
 import pytest
-from command_fixtures import *  # noqa: F403 - the session fixture `checkpoint`
 
 from cope.cli import main
 

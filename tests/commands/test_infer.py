@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from command_fixtures import *  # noqa: F403 - the session fixture `checkpoint`
 
 from cope.cli import main
 

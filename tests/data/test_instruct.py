@@ -11,7 +11,6 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from conftest import write_translation_clip
 from cope.codec import CanonicalSettings
 from cope.data.cache import CacheSettings
 from cope.data.collate import InstructCollator
@@ -28,6 +27,7 @@ from cope.data.instruct import (
 from cope.data.preprocess import PreprocessConfig, run_preprocess
 from cope.errors import CopeInputError
 from cope.plan import cope_plan
+from tests.clips import write_translation_clip
 
 SIDE, FRAMES, GOP, FUSION = 64, 50, 20, 5  # 3 GOPs of 4, 4 and 2 slots
 CANONICAL = CanonicalSettings(width=SIDE, height=SIDE, gop=GOP)

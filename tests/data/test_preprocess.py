@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_translation_clip
 from cope.cli import main
 from cope.codec import CanonicalSettings, open_video
 from cope.data.cache import SlotCache, half_pel, visual_input_from_cache
 from cope.data.instruct import Sampling
 from cope.data.preprocess import VideoResult, run_local
 from cope.model.inputs import VisualInput
+from tests.clips import write_translation_clip
 
 # Small and fast, but with the structure that matters: GOP 20 with fusion 5 is 4 slots per GOP,
 # and 50 frames make 3 GOPs, the last one short (2 slots).
@@ -187,6 +187,7 @@ def test_a_dying_worker_fails_only_its_videos_and_a_fresh_pool_goes_on():
     assert 29 in values  # submitted after the crash: done by the fresh pool
 
 
+@pytest.mark.slow
 def test_ray_backend_same_job(videos, tmp_path, capsys):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # one local instance for both runs

@@ -9,8 +9,6 @@ import pytest
 from cope.cli import main
 from cope.eval.bench import median_run, reduction_pct
 
-pytest_plugins = ("eval_support",)  # the shared fixtures: eval_checkpoint, eval_task, eval_env
-
 CONFIGS = ["dense64", "cope_k1", "cope_k2", "cope_k4", "iframes_k1"]
 
 
@@ -29,6 +27,7 @@ def expected_tokens(checkpoint, video) -> dict[str, int]:
     return {name: plan.tokens(config.layout) for name, plan in plans.items()}
 
 
+@pytest.mark.slow
 def test_bench_json_has_every_config_with_exact_tokens(
     eval_checkpoint, sample_video, tmp_path, eval_env, capsys
 ):

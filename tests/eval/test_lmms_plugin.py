@@ -17,7 +17,7 @@ from cope.eval.lmms_plugin import CopeLmms, continuation_logprob, cut_at_stop  #
 from cope.eval.lmms_registry import local_task_configs, local_task_manager, write_lmms_jsonl  # noqa: E402
 from cope.eval.local import format_question, is_correct, load_local_task, resolve_answer  # noqa: E402
 
-pytest_plugins = ("eval_support",)  # the shared fixtures: eval_checkpoint, eval_task, eval_env
+pytestmark = pytest.mark.slow  # runs lmms-eval
 
 
 def test_entry_point_resolves_the_registered_name():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from eval_support import TASK_LINES
 
 from cope.cli import main
 from cope.errors import CopeInputError
@@ -18,8 +17,7 @@ from cope.eval.local import (
     resolve_answer,
     summarize,
 )
-
-pytest_plugins = ("eval_support",)  # the shared fixtures: eval_checkpoint, eval_task, eval_env
+from tests.eval.support import TASK_LINES
 
 OPTIONS = ["left", "right", "up", "down"]
 

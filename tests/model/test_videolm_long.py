@@ -15,14 +15,14 @@ import av
 import numpy as np
 import pytest
 
-from conftest import texture
 from cope.codec.extract import open_video
 from cope.model.videolm import tiny_random
+from tests.clips import texture
 
 NO_GOP_CAP = 10**6
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # hour-long videos
 
 
 def write_canonical_clip(path, seconds: int, side: int, gop: int = 8):

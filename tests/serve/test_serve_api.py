@@ -10,11 +10,11 @@ import time
 import httpx
 import openai
 import pytest
-from serve_support import MODEL_NAME, SAMPLE, block_worker, fill_queue, load, tiny_checkpoint, wait_idle
 
 from cope.serve.app import create_app
 from cope.serve.config import MiB, ServeSettings
 from cope.serve.server import BackgroundServer
+from tests.serve.support import MODEL_NAME, SAMPLE, block_worker, fill_queue, load, tiny_checkpoint, wait_idle
 
 QUESTION = "what is moving ?"
 

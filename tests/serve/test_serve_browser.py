@@ -10,20 +10,23 @@ import shutil
 from pathlib import Path
 
 import pytest
-from serve_support import MODEL_NAME, SAMPLE, load, tiny_checkpoint
 
 from cope.serve.app import create_app
 from cope.serve.config import ServeSettings
 from cope.serve.server import BackgroundServer
+from tests.serve.support import MODEL_NAME, SAMPLE, load, tiny_checkpoint
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-    reason="Chromium / chromedriver not installed (make browser)",
-)
+pytestmark = [
+    pytest.mark.slow,  # a real browser against a real server
+    pytest.mark.skipif(
+        not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+        reason="Chromium / chromedriver not installed (make browser)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import sys
 
 import httpx
 import pytest
-from serve_support import tiny_checkpoint
 
 from cope.cli import main
+from tests.serve.support import tiny_checkpoint
 
 
 def one_line_error(capsys, code: int) -> str:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from serve_support import SAMPLE
 
 from cope.codec.canonical import CanonicalSettings
 from cope.serve.config import MiB, ServeSettings
 from cope.serve.errors import APIError
 from cope.serve.protocol import conversation, parse_request
 from cope.serve.videos import VideoStore
+from tests.serve.support import SAMPLE
 
 
 def make_store(tmp_path, **overrides) -> VideoStore:

@@ -9,13 +9,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-import train_fixtures as tf
 from safetensors.torch import load_file
-from train_fixtures import *  # noqa: F403 - the session fixtures
 
+import tests.train.support as tf
 from cope.cli import main
 from cope.train.config import load_config
 from cope.train.finetune import FinetuneConfig, FinetuneTask, build_videolm
+
+pytestmark = pytest.mark.slow  # stage-2 training runs, killed and resumed subprocesses
 
 REPO = tf.REPO
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")  # batch-norm state in checkpoints

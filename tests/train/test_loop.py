@@ -9,10 +9,8 @@ import signal
 import numpy as np
 import pytest
 import torch
-import train_fixtures as tf
-from toy_task import ToyTask, toy_config
-from train_fixtures import one_thread  # noqa: F401 - autouse fixture
 
+import tests.train.support as tf
 from cope.errors import CopeInputError
 from cope.train import checkpoint as ckpt
 from cope.train.config import load_config
@@ -23,6 +21,7 @@ from cope.train.loop import (
     cosine_with_warmup,
     train,
 )
+from tests.train.toy_task import ToyTask, toy_config
 
 
 def micro_batches(processes: int, accumulation: int, start: int = 0, stop: int = 6) -> list[list[list[int]]]:

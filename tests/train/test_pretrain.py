@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
-import train_fixtures as tf
-from train_fixtures import *  # noqa: F403 - the session fixtures
 
+import tests.train.support as tf
 from cope.cli import main
 from cope.errors import CopeInputError
 from cope.train.checkpoint import list_checkpoints
+
+pytestmark = pytest.mark.slow  # stage-1 training runs, killed and resumed subprocesses
 
 
 def load(config_path):

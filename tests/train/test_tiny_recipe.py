@@ -15,6 +15,8 @@ import torch
 
 from cope.cli import main
 
+pytestmark = pytest.mark.slow  # every step of the CoPE-Tiny recipe
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tiny"
 
 

@@ -1,8 +1,4 @@
-"""The command tests' checkpoint: a tiny random CoPE model saved to disk.
-
-Import it into a test module (``from command_fixtures import *``); a conftest.py here would
-shadow tests/conftest.py, which the tests import helpers from.
-"""
+"""The command tests' checkpoint: a tiny random CoPE model saved to disk."""
 
 from __future__ import annotations
 

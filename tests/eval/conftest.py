@@ -1,4 +1,4 @@
-"""Shared fixtures of the evaluation tests: a tiny random checkpoint and a three-question local task."""
+"""Fixtures of the evaluation tests: a tiny random checkpoint and a three-question local task."""
 
 from __future__ import annotations
 
@@ -6,33 +6,8 @@ import json
 
 import pytest
 
-from conftest import write_translation_clip
-
-TASK_LINES = [
-    {
-        "video": "right.mp4",
-        "question": "which way does it move ?",
-        "options": ["left", "right", "up", "down"],
-        "answer": "B",
-        "type": "direction",
-        "needs_motion": True,
-    },
-    {
-        "video": "down.mp4",
-        "question": "what moves ?",
-        "answer": "square",
-        "type": "object",
-        "needs_motion": False,
-    },
-    {
-        "video": "down.mp4",
-        "question": "which way does it move ?",
-        "options": ["up", "down"],
-        "answer": "down",
-        "type": "direction",
-        "needs_motion": True,
-    },
-]
+from tests.clips import write_translation_clip
+from tests.eval.support import TASK_LINES
 
 
 @pytest.fixture(scope="module")

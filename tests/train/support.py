@@ -1,8 +1,4 @@
-"""Shared data for the training tests: a tiny SigLIP tower, short clips, MotionQA conversations.
-
-Import the fixtures into a test module (``from train_fixtures import tiny_tower, ...``); they are
-session-scoped, so every training test reuses the same files.
-"""
+"""Plain helpers of the training tests: configs, subprocess runs that die on purpose, comparisons."""
 
 from __future__ import annotations
 
@@ -14,59 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
+
+
 SIDE = 64  # canonical frame side: a 4×4 grid of 16-px Δ-encoder cells
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and a shared 2-core machine punishes two); the
-    subprocesses get the same count, which bit-identical comparisons need."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory) -> Path:
-    """Transcodes and the pair store, shared by every test (they are content-addressed)."""
-    return tmp_path_factory.mktemp("shared-cache")
-
-
-@pytest.fixture(scope="session")
-def tiny_tower(tmp_path_factory) -> Path:
-    """A random SigLIP vision tower saved like a hub checkpoint (image 32, patch 8, width 32)."""
-    from transformers import SiglipVisionConfig, SiglipVisionModel
-
-    torch.manual_seed(0)
-    config = SiglipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
-    path = tmp_path_factory.mktemp("tower")
-    SiglipVisionModel(config).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def pair_videos(tmp_path_factory) -> Path:
-    """Four textures translating in different directions, 61 frames each (two GOPs of 30 + 1)."""
-    from conftest import write_translation_clip
-
-    folder = tmp_path_factory.mktemp("pair-videos")
-    for i, (dx, dy) in enumerate([(1.0, 0.0), (-1.0, 0.5), (0.0, 1.0), (1.5, -1.0)]):
-        write_translation_clip(folder / f"clip{i}.mp4", frames=61, dx=dx, dy=dy, side=SIDE)
-    return folder
 
 
 def pretrain_config(path: Path, tower: Path, videos: Path, work: Path, shared: Path, **train) -> Path:
@@ -99,23 +50,6 @@ def pretrain_config(path: Path, tower: Path, videos: Path, work: Path, shared: P
     }
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-@pytest.fixture(scope="session")
-def motionqa_mix(tmp_path_factory) -> dict[str, Path]:
-    """Four 8-s MotionQA clips (64×64) with their conversations, as train and eval data mixes."""
-    from cope.data.motionqa import generate_split
-
-    root = tmp_path_factory.mktemp("motionqa")
-    generate_split(root, "train", clips=4, seed=0, size=(SIDE, SIDE), seconds=8)
-    generate_split(root, "val", clips=1, seed=0, size=(SIDE, SIDE), seconds=8)
-    mixes = {}
-    for split in ("train", "val"):
-        mixes[split] = root / f"{split}-mix.yaml"
-        mixes[split].write_text(
-            yaml.safe_dump({"sources": [{"path": f"{split}.json", "video_root": ".", "ratio": 1.0}]})
-        )
-    return mixes
 
 
 def finetune_config(
@@ -152,12 +86,9 @@ def finetune_config(
     return path
 
 
-# --------------------------------------------------------------------------------------------
-
-
 def cope_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO), env.get("PYTHONPATH", "")])
     # The thread count of the in-process runs (``one_thread``): float reductions, and so the
     # bits of the weights, depend on it.
     env["OMP_NUM_THREADS"] = "1"

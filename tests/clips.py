@@ -1,0 +1,48 @@
+"""Synthetic clips with known motion, made by the tests themselves (plain helpers, no fixtures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+
+SIDE = 128  # small canonical frames keep the suite fast; motion maths is size-independent
+
+
+def texture(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth random colour texture (float32, 0–255), detailed enough for motion search."""
+    rng = np.random.default_rng(seed)
+    tex = rng.random((height, width, 3)).astype(np.float32) * 255
+    for _ in range(12):  # smooth enough that bilinear half-pel interpolation is accurate
+        tex = (tex + np.roll(tex, 1, 0) + np.roll(tex, -1, 0) + np.roll(tex, 1, 1) + np.roll(tex, -1, 1)) / 5
+    # Studio range 16–235: no clipping in the decoder, so residuals are pure dequantised DCT.
+    return 16 + (tex - tex.min()) / (tex.max() - tex.min()) * 219
+
+
+def write_translation_clip(
+    path: Path, frames: int, dx: float, dy: float = 0.0, side: int = SIDE, codec: str = "libx264", **options
+) -> Path:
+    """A texture translating by (dx, dy) pixels per frame (multiples of 0.5), losslessly encoded.
+
+    Half-pel shifts are exact: the texture is drawn at 2× and every output pixel averages a 2×2
+    block, so shifting by one fine pixel moves the picture by exactly half a pixel.
+    """
+    margin = int(2 * max(abs(dx), abs(dy)) * frames) + 8
+    fine = texture(2 * side + 2 * margin, 2 * side + 2 * margin)
+    options = {"crf": "0", **options} if codec == "libx264" else options
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=30, options=options)
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv444p" if codec == "libx264" else "yuv420p"
+        for i in range(frames):
+            # Content moves by +d per frame → the crop window moves by −d.
+            oy, ox = margin - int(round(2 * dy * i)), margin - int(round(2 * dx * i))
+            crop = fine[oy : oy + 2 * side, ox : ox + 2 * side]
+            image = crop.reshape(side, 2, side, 2, 3).mean(axis=(1, 3))
+            frame = av.VideoFrame.from_ndarray(np.rint(image).astype(np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
