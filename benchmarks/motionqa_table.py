@@ -14,7 +14,10 @@ exactly what ``open_video`` + ``CodecVideo.entries`` give for the same canonical
 * CoPE (stages 0 → 1 → 2): 1/2/4 keyframes + Δ-frames (Table 1), the same keyframes without
   Δ-tokens (H.4), Δ-tokens zeroed at 1 keyframe (H.3), and dense RGB;
 * CoPE without stage 1 (H.2): 1 keyframe + Δ-frames.
-Answers are greedy; a prediction is scored with ``cope.data.motionqa.score_prediction``.
+Scoring: the primary columns are forced choice (``cope.eval.choice``: the option with the highest
+summed log-probability, so every figure sits on top of a known chance level); the free-form
+column generates greedily and scores with ``cope.data.motionqa.score_prediction`` (an answer that
+names no option is wrong). ``--scoring choice`` skips the generation.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tqdm import tqdm
 
 from cope.data.cache import SlotCache, visual_input_from_cache
 from cope.data.motionqa import score_prediction
+from cope.eval.choice import pick_option
 from cope.model.videolm import CopeVideoLM, GenerationConfig
 
 # (row name, model key, plan: K or "dense", Δ handling: "delta" | "none" | "zero")
@@ -60,9 +64,10 @@ def load_questions(motionqa: Path, split: str, limit: int | None) -> dict[str, l
     return {v: by_video[v] for v in videos}
 
 
-def evaluate_row(model, cache, questions, plan_k, deltas: str, max_new_tokens: int) -> dict:
+def evaluate_row(model, cache, questions, plan_k, deltas: str, max_new_tokens: int, generate: bool) -> dict:
     generation = GenerationConfig(max_new_tokens=max_new_tokens)
-    correct = {"all": [], "motion": [], "appearance": []}
+    chosen = {"all": [], "motion": [], "appearance": []}
+    free = {"all": [], "motion": [], "appearance": []}
     by_type: dict[str, list[bool]] = {}
     tokens = []
     for video, items in tqdm(questions.items(), desc="clips", leave=False, file=sys.stderr):
@@ -73,28 +78,38 @@ def evaluate_row(model, cache, questions, plan_k, deltas: str, max_new_tokens: i
             embeds = model.embed_visual(visual, zero_deltas=deltas == "zero")
         tokens.append(embeds.shape[0])
         for q in items:
-            answer = model.generate(model.build_prompt(embeds, q["question"]), generation)
-            ok = score_prediction(answer.text, q["answer"], q["options"])
-            correct["all"].append(ok)
-            correct["motion" if q["needs_motion"] else "appearance"].append(ok)
+            group = "motion" if q["needs_motion"] else "appearance"
+            prompt = model.build_prompt(embeds, q["question"])
+            picked, _ = pick_option(model, prompt.inputs_embeds, q["options"])
+            ok = q["options"][picked] == q["answer"]
+            for key in ("all", group):
+                chosen[key].append(ok)
             by_type.setdefault(q["type"], []).append(ok)
+            if generate:
+                answer = model.generate(prompt, generation)
+                for key in ("all", group):
+                    free[key].append(score_prediction(answer.text, q["answer"], q["options"]))
     return {
-        **accuracies(correct),
-        "questions": len(correct["all"]),
-        "motion_questions": len(correct["motion"]),
+        **accuracies(chosen),
+        **{f"freeform_{key}": value for key, value in accuracies(free).items()},
+        "questions": len(chosen["all"]),
+        "motion_questions": len(chosen["motion"]),
         "visual_tokens": sum(tokens) / len(tokens),
         "accuracy_by_type": {t: _mean(v) for t, v in sorted(by_type.items())},
     }
 
 
 def chance(questions: dict[str, list[dict]]) -> dict:
-    """Expected accuracy of a uniform guess among each question's options (the floor to beat)."""
+    """Expected accuracy of a uniform guess among each question's options (the floor to beat),
+    overall, per group and per question type."""
     odds = {"all": [], "motion": [], "appearance": []}
+    by_type: dict[str, list[float]] = {}
     for items in questions.values():
         for q in items:
             odds["all"].append(1 / len(q["options"]))
             odds["motion" if q["needs_motion"] else "appearance"].append(1 / len(q["options"]))
-    return accuracies(odds)
+            by_type.setdefault(q["type"], []).append(1 / len(q["options"]))
+    return {**accuracies(odds), "accuracy_by_type": {t: _mean(v) for t, v in sorted(by_type.items())}}
 
 
 def accuracies(groups: dict[str, list]) -> dict:
@@ -111,18 +126,31 @@ def _mean(values: list) -> float:
 
 
 def markdown(rows: list[dict], guess: dict) -> str:
+    """The accuracy table (forced choice, with the free-form motion column) and the per-type table,
+    each with the uniform guess as its last row."""
     lines = [
-        "| configuration | visual tokens / clip | % of dense | accuracy | needs motion | appearance |",
-        "|---|---|---|---|---|---|",
+        "| configuration | visual tokens / clip | % of dense | accuracy | needs motion | appearance "
+        "| needs motion, free-form |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['config']} | {r['visual_tokens']:.0f} | {r['tokens_pct_of_dense']:.1f} | "
-            f"{r['accuracy']:.1f} | {r['motion_accuracy']:.1f} | {r['appearance_accuracy']:.1f} |"
+            f"{r['accuracy']:.1f} | {r['motion_accuracy']:.1f} | {r['appearance_accuracy']:.1f} | "
+            f"{r['freeform_motion_accuracy']:.1f} |"
         )
     lines.append(
         f"| uniform guess among the options | — | — | {guess['accuracy']:.1f} | "
-        f"{guess['motion_accuracy']:.1f} | {guess['appearance_accuracy']:.1f} |"
+        f"{guess['motion_accuracy']:.1f} | {guess['appearance_accuracy']:.1f} | — |"
+    )
+    types = list(guess["accuracy_by_type"])
+    lines += ["", "| configuration | " + " | ".join(types) + " |", "|---|" + "---|" * len(types)]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | " + " | ".join(f"{r['accuracy_by_type'][t]:.1f}" for t in types) + " |"
+        )
+    lines.append(
+        "| uniform guess | " + " | ".join(f"{guess['accuracy_by_type'][t]:.1f}" for t in types) + " |"
     )
     return "\n".join(lines) + "\n"
 
@@ -179,6 +207,12 @@ def main() -> int:
     parser.add_argument("--cope", help="the stage-2 CoPE model")
     parser.add_argument("--no-stage1", dest="no_stage1", help="stage 2 trained without stage 1")
     parser.add_argument("--limit", type=int, default=None, help="first N clips only")
+    parser.add_argument(
+        "--scoring",
+        choices=("both", "choice"),
+        default="both",
+        help="both: forced choice and the free-form column (default); choice: forced choice only",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
@@ -194,7 +228,9 @@ def main() -> int:
         if key not in models:
             continue
         started = time.perf_counter()
-        result = evaluate_row(models[key], cache, questions, plan_k, deltas, args.max_new_tokens)
+        result = evaluate_row(
+            models[key], cache, questions, plan_k, deltas, args.max_new_tokens, args.scoring == "both"
+        )
         rows.append(
             {
                 "config": name,

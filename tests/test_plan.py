@@ -1,4 +1,4 @@
-"""Token accounting equals the paper's formula (paper-facts.md: 210 per RGB frame, 10 per P)."""
+"""Token accounting equals the paper's formula (§3.2, App. C: 210 per RGB frame, 10 per P-frame)."""
 
 import pytest
 

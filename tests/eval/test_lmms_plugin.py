@@ -13,7 +13,8 @@ pytest.importorskip(
 
 
 from cope.cli import main  # noqa: E402
-from cope.eval.lmms_plugin import CopeLmms, continuation_logprob, cut_at_stop  # noqa: E402
+from cope.eval.choice import continuation_logprob  # noqa: E402
+from cope.eval.lmms_plugin import CopeLmms, cut_at_stop  # noqa: E402
 from cope.eval.lmms_registry import local_task_configs, local_task_manager, write_lmms_jsonl  # noqa: E402
 from cope.eval.local import format_question, is_correct, load_local_task, resolve_answer  # noqa: E402
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from cope.cli import main
 from cope.errors import CopeInputError
@@ -109,10 +110,23 @@ def test_summary_breaks_accuracy_down_by_type_and_motion():
     summary = summarize(records)
     assert (summary["samples"], summary["correct"], summary["accuracy"], summary["errors"]) == (4, 2, 0.5, 1)
     assert summary["by_type"] == {
-        "colour": {"samples": 1, "correct": 1, "accuracy": 1.0},
-        "direction": {"samples": 2, "correct": 1, "accuracy": 0.5},
+        "colour": {"samples": 1, "correct": 1, "accuracy": 1.0, "chance": 0.0},
+        "direction": {"samples": 2, "correct": 1, "accuracy": 0.5, "chance": 0.0},
     }
-    assert summary["by_needs_motion"]["true"] == {"samples": 2, "correct": 1, "accuracy": 0.5}
+    assert summary["by_needs_motion"]["true"] == {"samples": 2, "correct": 1, "accuracy": 0.5, "chance": 0.0}
+    assert summary["splits"] == summary["by_needs_motion"]
+
+
+def test_chance_is_the_mean_uniform_guess_among_each_questions_options():
+    records = [
+        {"correct": True, "options": ["a", "b", "c", "d"], "type": "direction"},
+        {"correct": False, "options": ["a", "b"], "type": "direction"},
+        {"correct": False, "type": "object"},  # open question: a guess never matches
+    ]
+    summary = summarize(records)
+    assert summary["chance"] == pytest.approx((1 / 4 + 1 / 2 + 0) / 3)
+    assert summary["by_type"]["direction"]["chance"] == pytest.approx(3 / 8)
+    assert summary["by_type"]["object"]["chance"] == 0.0
 
 
 def test_cope_eval_on_a_tiny_model(eval_checkpoint, eval_task, tmp_path, eval_env, capsys):
@@ -132,6 +146,8 @@ def test_cope_eval_on_a_tiny_model(eval_checkpoint, eval_task, tmp_path, eval_en
         "cpu",
         "--max-new-tokens",
         "6",
+        "--scoring",
+        "generate",
         "--out",
         str(out),
         "--json",
@@ -167,3 +183,63 @@ def test_cope_eval_on_a_tiny_model(eval_checkpoint, eval_task, tmp_path, eval_en
     assert out.read_text() == before
     assert main(["eval", str(tmp_path / "missing.jsonl"), "--model", str(eval_checkpoint)]) == 2
     assert main(["eval", "--model", str(eval_checkpoint)]) == 2
+
+
+def test_forced_choice_picks_the_most_likely_option(eval_checkpoint, eval_task, tmp_path, eval_env, capsys):
+    """Default scoring: each multiple-choice row holds the argmax of the per-option log-probabilities
+    (computed here one option at a time); the open question is still generated."""
+    from cope.eval.choice import continuation_logprob
+    from cope.model.videolm import CopeVideoLM, GenerationConfig
+    from cope.model.videolm.prompting import tokenize
+
+    out = tmp_path / "choice.jsonl"
+    sampling = ["--mode", "cope", "--keyframes-per-gop", "1", "--device", "cpu"]
+    assert (
+        main(
+            ["eval", str(eval_task), "--model", str(eval_checkpoint), *sampling, "--out", str(out), "--json"]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["scoring"] for row in rows] == ["choice", "generate", "choice"]
+
+    model = CopeVideoLM.from_pretrained(eval_checkpoint)
+    for row, sample in zip(rows, load_local_task(eval_task), strict=True):
+        prompt = model.build_prompt(
+            model.encode_video(sample.video, "cope", keyframes_per_gop=1), sample.question
+        )
+        if sample.options is None:
+            answer = model.generate(prompt, GenerationConfig(max_new_tokens=32))
+            assert row["prediction"] == answer.text and row["choice"] is None
+            continue
+        one_by_one = [
+            continuation_logprob(model, prompt.inputs_embeds, tokenize(model, option))[0]
+            for option in sample.options
+        ]
+        assert row["option_logprobs"] == pytest.approx(one_by_one, abs=1e-4)
+        best = max(range(len(one_by_one)), key=one_by_one.__getitem__)
+        assert row["choice"] == "ABCD"[best] and row["prediction"] == sample.options[best]
+        assert row["correct"] == (best == resolve_answer(sample.answer, sample.options))
+        assert row["visual_tokens"] == 32
+    assert report["scoring"] == "choice"
+    assert report["chance"] == pytest.approx((1 / 4 + 0 + 1 / 2) / 3)
+    assert report["accuracy"] == pytest.approx(sum(row["correct"] for row in rows) / 3)
+
+
+def test_option_logprobs_of_options_with_different_lengths(eval_checkpoint):
+    """The batched forward pads shorter options; padding must not change any option's score."""
+    from cope.eval.choice import continuation_logprob, option_logprobs
+    from cope.model.videolm import CopeVideoLM
+    from cope.model.videolm.prompting import tokenize
+
+    model = CopeVideoLM.from_pretrained(eval_checkpoint)
+    width = model.embed_text(torch.tensor([0])).shape[-1]
+    prompt = model.build_prompt(
+        torch.randn(5, width, generator=torch.Generator().manual_seed(0)), "which way ?"
+    )
+    options = ["left", "up and then down", "square"]
+    assert len({tokenize(model, o).numel() for o in options}) > 1
+    batched = option_logprobs(model, prompt.inputs_embeds, options)
+    single = [continuation_logprob(model, prompt.inputs_embeds, tokenize(model, o))[0] for o in options]
+    assert batched == pytest.approx(single, abs=1e-4)

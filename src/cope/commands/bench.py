@@ -16,6 +16,29 @@ def register(commands) -> None:
         "bench", help="TTFT / E2EL / tokens of dense64 vs cope_k1/k2/k4 (+ iframes_k1), one process"
     )
     parser.add_argument("--model", help="checkpoint dir or hub id (default: the bundled model)")
+    parser.add_argument(
+        "--arch",
+        choices=("paper-7b",),
+        help="benchmark a named architecture instead of --model: paper-7b = LLaVA-Video-7B-Qwen2 + Δ-encoder "
+        "(its hub weights, or random ones with --random-weights)",
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="with --arch: random weights built directly on the device, no download (timings and memory only)",
+    )
+    parser.add_argument(
+        "--delta",
+        choices=("paper", "compact"),
+        default="paper",
+        help="Δ-encoder preset of --arch --random-weights (default: paper)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="no timing: encode, prompt and one prefill per config to check shapes, token counts, "
+        "parameters, weight and KV-cache sizes (with --device meta nothing is allocated)",
+    )
     parser.add_argument("--video", help="video to read (default: the bundled sample)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per config, after one warm-up (3)")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per run, EOS ignored (64)")
@@ -24,7 +47,9 @@ def register(commands) -> None:
         default="dense64,cope_k1,cope_k2,cope_k4,iframes_k1",
         help="comma-separated configs to run (default: all five)",
     )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda, mps or auto (default); meta with --dry-run"
+    )
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     parser.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's); 1 is steadiest on a busy machine"
@@ -42,7 +67,9 @@ def register(commands) -> None:
 def cmd_bench(args) -> int:
     from cope.eval.bench import (
         CONFIGS_BY_NAME,
+        dry_run,
         flop_estimates,
+        format_dry_run,
         format_markdown,
         format_summary,
         plot_report,
@@ -58,6 +85,7 @@ def cmd_bench(args) -> int:
         )
     if args.repeats < 1 or args.new_tokens < 1 or (args.threads is not None and args.threads < 1):
         raise CopeInputError("--repeats, --new-tokens and --threads must be at least 1")
+    _check_model_options(args)
     out = _check_out(args)
     video = Path(args.video) if args.video else _sample_video()
     if not video.is_file():
@@ -65,9 +93,11 @@ def cmd_bench(args) -> int:
 
     import torch
 
-    from cope.model.videolm import CopeVideoLM, resolve_model
-
-    model = CopeVideoLM.from_pretrained(resolve_model(args.model), device=args.device, dtype=args.dtype)
+    model = _load_model(args)
+    if args.dry_run:
+        report = dry_run(model, video, tuple(CONFIGS_BY_NAME[name] for name in names))
+        print(json.dumps(report) if args.json else format_dry_run(report))
+        return 0
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or threads)
     try:
@@ -91,6 +121,61 @@ def cmd_bench(args) -> int:
         print(f"wrote {', '.join(str(out / name) for name in OUTPUT_FILES)}", file=sys.stderr)
     print(json.dumps(report) if args.json else format_summary(report))
     return 0
+
+
+def _check_model_options(args) -> None:
+    if args.arch and args.model:
+        raise CopeInputError("give --model or --arch, not both")
+    if args.random_weights and not args.arch:
+        raise CopeInputError("--random-weights needs --arch (e.g. --arch paper-7b)")
+    if args.device == "meta" and not args.dry_run:
+        raise CopeInputError("--device meta holds shapes, not numbers: add --dry-run")
+    if args.dry_run and args.out:
+        raise CopeInputError("--dry-run writes no files: drop --out")
+
+
+def _load_model(args):
+    from cope.model.videolm import CopeVideoLM, resolve_model
+    from cope.model.videolm.builders import paper_7b, paper_7b_random
+
+    if args.arch and args.random_weights:
+        if args.device != "meta":  # 8B random weights: refuse up front rather than die of OOM
+            shapes = paper_7b_random("meta", args.dtype, delta=args.delta)
+            _check_memory(sum(p.numel() for p in shapes.parameters()), args.device, args.dtype)
+        return paper_7b_random(args.device, args.dtype, delta=args.delta)
+    if args.arch:
+        return paper_7b(args.device, args.dtype)
+    return CopeVideoLM.from_pretrained(resolve_model(args.model), device=args.device, dtype=args.dtype)
+
+
+def _check_memory(parameters: int, device: str, dtype: str) -> None:
+    """Exit 2 when the weights alone exceed the device's free memory."""
+    import torch
+
+    from cope.model.videolm.modeling_cope import resolve_device, resolve_dtype
+
+    target = resolve_device(device)
+    needed = parameters * resolve_dtype(dtype, target).itemsize
+    if target.type == "cuda":
+        free = torch.cuda.mem_get_info(target)[0]
+    elif target.type == "cpu":
+        free = _available_ram()
+    else:
+        return
+    if free is not None and needed > free:
+        raise CopeInputError(
+            f"--device {device}: the weights need {needed / 2**30:.1f} GiB, {free / 2**30:.1f} GiB is free "
+            "(try --dtype bfloat16, a larger device, or --device meta --dry-run)"
+        )
+
+
+def _available_ram() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def _check_out(args) -> Path | None:

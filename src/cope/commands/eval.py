@@ -44,6 +44,13 @@ def register(commands) -> None:
         default="bare",
         help="bare: the question as written (default; how MotionQA trains); options: + lettered options",
     )
+    parser.add_argument(
+        "--scoring",
+        choices=("choice", "generate"),
+        default="choice",
+        help="choice: multiple-choice questions take the option with the highest log-probability "
+        "(default; open questions are generated); generate: every answer generated and matched",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (default: 32)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
@@ -111,7 +118,14 @@ def _run_local(args, model, samples, out: Path | None) -> dict:
     sink = partial.open("w", encoding="utf-8") if partial else None
     try:
         for record in evaluate_local(
-            model, samples, args.mode, _sampling(args), args.max_new_tokens, args.prompt, progress=True
+            model,
+            samples,
+            args.mode,
+            _sampling(args),
+            args.max_new_tokens,
+            args.prompt,
+            scoring=args.scoring,
+            progress=True,
         ):
             records.append(record)
             if sink:
@@ -131,6 +145,7 @@ def _run_local(args, model, samples, out: Path | None) -> dict:
         "mode": args.mode or model.config.mode,
         **_sampling(args),
         "prompt": args.prompt,
+        "scoring": args.scoring,
         **summarize(records),
         "out": str(out) if out else None,
     }
@@ -139,12 +154,14 @@ def _run_local(args, model, samples, out: Path | None) -> dict:
 def _format_local(report: dict) -> str:
     lines = [
         f"{report['task']}: accuracy {report['accuracy']:.3f} "
-        f"({report['correct']}/{report['samples']}) — model {report['model']}, mode {report['mode']}"
+        f"({report['correct']}/{report['samples']}, chance {report['chance']:.3f}) — "
+        f"model {report['model']}, mode {report['mode']}, scoring {report['scoring']}"
     ]
     for key in ("by_type", "by_needs_motion"):
         for value, score in report.get(key, {}).items():
             lines.append(
-                f"  {key[3:]}={value}: {score['accuracy']:.3f} ({score['correct']}/{score['samples']})"
+                f"  {key[3:]}={value}: {score['accuracy']:.3f} ({score['correct']}/{score['samples']}, "
+                f"chance {score['chance']:.3f})"
             )
     if report["errors"]:
         lines.append(f"  {report['errors']} samples failed (unreadable video)")

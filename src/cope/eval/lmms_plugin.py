@@ -31,6 +31,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from cope.errors import CopeInputError
+from cope.eval.choice import continuation_logprob
 
 SAMPLING_ARGS = ("mode", "keyframes_per_gop", "fusion", "max_gops", "dense_frames")
 ENCODED_CACHE_SIZE = 2  # multiple-choice requests of one document share its encoded video
@@ -157,22 +158,6 @@ class CopeLmms(lmms):
                 f"the task gives {type(visuals).__name__} of {len(visuals) if isinstance(visuals, list) else '?'}"
             )
         return str(paths[0])
-
-
-def continuation_logprob(model, prompt_embeds: torch.Tensor, target: torch.Tensor) -> tuple[float, bool]:
-    """log p(target | prompt) under the LLM, and whether greedy decoding would produce ``target``.
-
-    ``prompt_embeds`` (1, L, D) is the chat prompt with the video spliced in; ``target`` (n,) the
-    continuation's ids. One forward over L + n positions; position t's logits predict t + 1.
-    """
-    with torch.inference_mode():
-        embeds = torch.cat([prompt_embeds, model.embed_text(target).unsqueeze(0)], dim=1)  # (1, L + n, D)
-        hidden = model.language_model(inputs_embeds=embeds).last_hidden_state[0]  # (L + n, D)
-        n = target.numel()
-        logprobs = model.lm_head(hidden[-n - 1 : -1]).float().log_softmax(-1)  # (n, V)
-        total = logprobs.gather(1, target.unsqueeze(1)).sum()
-        greedy = bool((logprobs.argmax(-1) == target).all())
-    return float(total), greedy
 
 
 def cut_at_stop(text: str, until) -> str:

@@ -18,11 +18,16 @@ Prompt (``format_question``): ``bare`` (default) asks the question as written, t
 training data asks it; ``options`` appends the lettered options and asks for a letter (for
 general instruction-tuned checkpoints).
 
-Scoring (``is_correct``): multiple choice is right when the prediction picks the answer's option
-— by letter ("B", "(b)", "B. right") or by text ("right", "It moves right.") — as decided by
+Scoring, ``scoring="choice"`` (the default): a multiple-choice question is answered by forced
+choice — the option whose tokens have the highest summed log-probability as the answer
+(``cope.eval.choice``) — so every question gets one of its options and accuracy sits on top of the
+chance level ``1 / len(options)`` that ``summarize`` reports beside it. Open questions are always
+generated. ``scoring="generate"``: every answer is generated greedily and scored by ``is_correct``:
+multiple choice is right when the prediction picks the answer's option — by letter ("B", "(b)",
+"B. right") or by text ("right", "It moves right.") — as decided by
 ``cope.data.motionqa.match_option``; open questions are right when prediction and answer agree
-after ``normalize`` (case, punctuation, articles, whitespace). This is the one scorer: ``cope
-eval``, the lmms-eval tasks under ``cope/eval/tasks`` and the MotionQA benchmark all use it.
+after ``normalize`` (case, punctuation, articles, whitespace). This is the one free-form scorer:
+``cope eval``, the lmms-eval tasks under ``cope/eval/tasks`` and the MotionQA benchmark all use it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from cope.errors import CopeInputError
 
 LETTERS = string.ascii_uppercase
 PROMPT_STYLES = ("bare", "options")
+SCORINGS = ("choice", "generate")
 OPEN_INSTRUCTION = "Answer the question using a single word or phrase."
 BREAKDOWN_FIELDS = ("type", "needs_motion")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -161,9 +167,18 @@ def _parse_line(path: Path, number: int, line: str, index: int) -> LocalSample:
     )
 
 
-def sample_record(sample: LocalSample, prediction: str) -> dict:
-    """The scored per-sample output line (without timings)."""
-    choice = parse_choice(prediction, sample.options) if sample.options else None
+def sample_record(sample: LocalSample, prediction: str, choice: int | None = None) -> dict:
+    """The scored per-sample output line (without timings).
+
+    ``choice``: the option picked by forced choice; None parses it from the free-form ``prediction``.
+    """
+    if choice is None and sample.options:
+        choice = parse_choice(prediction, sample.options)
+    correct = (
+        choice == sample.answer_option
+        if sample.options
+        else is_correct(prediction, sample.answer, sample.options)
+    )
     return {
         "index": sample.index,
         **sample.fields,
@@ -173,16 +188,24 @@ def sample_record(sample: LocalSample, prediction: str) -> dict:
         "answer": sample.answer,
         "prediction": prediction,
         "choice": LETTERS[choice] if choice is not None else None,
-        "correct": is_correct(prediction, sample.answer, sample.options),
+        "correct": correct,
     }
 
 
 def summarize(records: list[dict]) -> dict:
-    """Accuracy overall and per value of ``type`` / ``needs_motion`` where samples carry them."""
+    """Accuracy overall and per value of ``type`` / ``needs_motion`` where samples carry them, each
+    beside its ``chance``: the expected accuracy of a uniform guess among the options (0 for open
+    questions)."""
 
     def score(rows: list[dict]) -> dict:
         correct = sum(bool(r["correct"]) for r in rows)
-        return {"samples": len(rows), "correct": correct, "accuracy": correct / len(rows) if rows else 0.0}
+        guess = sum(1 / len(r["options"]) for r in rows if r.get("options"))
+        return {
+            "samples": len(rows),
+            "correct": correct,
+            "accuracy": correct / len(rows) if rows else 0.0,
+            "chance": guess / len(rows) if rows else 0.0,
+        }
 
     summary = score(records)
     summary["errors"] = sum("error" in r for r in records)
@@ -195,6 +218,8 @@ def summarize(records: list[dict]) -> dict:
                 )
         if groups:
             summary[f"by_{key}"] = {value: score(rows) for value, rows in sorted(groups.items())}
+    if "by_needs_motion" in summary:
+        summary["splits"] = summary["by_needs_motion"]  # the name the JSON contract gives these groups
     return summary
 
 
@@ -205,29 +230,56 @@ def evaluate_local(
     sampling: dict | None = None,
     max_new_tokens: int = 32,
     prompt_style: str = "bare",
+    scoring: str = "choice",
     progress: bool = False,
 ):
-    """Ask ``model`` (a ``CopeVideoLM``) every question greedily; yield one scored record per sample.
+    """Ask ``model`` (a ``CopeVideoLM``) every question; yield one scored record per sample.
 
-    A video that cannot be read gives a record with ``error`` set (scored wrong) instead of ending
-    the run; ``summarize`` counts them.
+    ``scoring``: ``choice`` answers multiple-choice questions by forced choice and generates the
+    open ones; ``generate`` generates every answer greedily. A video that cannot be read gives a
+    record with ``error`` set (scored wrong) instead of ending the run; ``summarize`` counts them.
     """
     from tqdm import tqdm
 
     from cope.model.videolm import GenerationConfig
 
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
     generation = GenerationConfig(max_new_tokens=max_new_tokens)
     for sample in tqdm(samples, desc="eval", unit="question", disable=not progress):
         question = format_question(sample.question, sample.options, prompt_style)
         try:
-            answer = model.ask(sample.video, question, mode=mode, generation=generation, **(sampling or {}))
+            if scoring == "choice" and sample.options:
+                yield _choose(model, sample, question, mode, sampling or {})
+            else:
+                yield _generate(model, sample, question, mode, sampling or {}, generation)
         except CopeInputError as exc:
             yield {**sample_record(sample, ""), "prediction": None, "correct": False, "error": str(exc)}
-            continue
-        yield {
-            **sample_record(sample, answer.text),
-            "visual_tokens": answer.visual_tokens,
-            "prompt_tokens": answer.prompt_tokens,
-            "ttft_s": answer.timings.ttft_s,
-            "e2e_s": answer.timings.e2e_s,
-        }
+
+
+def _choose(model, sample: LocalSample, question: str, mode: str | None, sampling: dict) -> dict:
+    from cope.eval.choice import pick_option
+
+    prompt = model.build_prompt(model.encode_video(sample.video, mode, **sampling), question)
+    picked, scores = pick_option(model, prompt.inputs_embeds, sample.options)
+    return {
+        **sample_record(sample, sample.options[picked], choice=picked),
+        "scoring": "choice",
+        "option_logprobs": scores,
+        "visual_tokens": prompt.visual_tokens,
+        "prompt_tokens": prompt.prompt_tokens,
+    }
+
+
+def _generate(
+    model, sample: LocalSample, question: str, mode: str | None, sampling: dict, generation
+) -> dict:
+    answer = model.ask(sample.video, question, mode=mode, generation=generation, **sampling)
+    return {
+        **sample_record(sample, answer.text),
+        "scoring": "generate",
+        "visual_tokens": answer.visual_tokens,
+        "prompt_tokens": answer.prompt_tokens,
+        "ttft_s": answer.timings.ttft_s,
+        "e2e_s": answer.timings.e2e_s,
+    }

@@ -1,8 +1,8 @@
 """RGB frames → the visual tokens LLaVA-Video feeds its LLM, in its "grid" layout.
 
-LLaVA-Video-7B (ecosystem-notes.md): frames resized to 384×384 and normalised with mean = std =
-0.5 → SigLIP with its last layer dropped (hidden state −2): 27×27 = 729 tokens × 1152 → 2-layer
-GELU projector → **bilinear** 2×2 pooling to ceil(27/2) = 14 per side → one learned newline after
+LLaVA-Video-7B (its hub checkpoint's preprocessor config): frames resized to 384×384 and
+normalised with mean = std = 0.5 → SigLIP with its last layer dropped (hidden state −2): 27×27 =
+729 tokens × 1152 → 2-layer GELU projector → **bilinear** 2×2 pooling to ceil(27/2) = 14 per side → one learned newline after
 every pooled row: 14 × (14 + 1) = 210 positions per frame. The same functions serve any SigLIP-
 architecture tower (the tiny models pool 14 → 7).
 

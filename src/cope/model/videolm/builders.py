@@ -4,6 +4,8 @@
   llava-hf, i.e. the original's hidden state −2) + 2-layer GELU projector + Qwen2-7B — loaded from
   ``llava-hf/LLaVA-Video-7B-Qwen2-hf`` with transformers' LLaVA-OneVision classes, plus a Δ-encoder
   with the paper's dimensions (App. B). Needs the weights and a GPU.
+* ``paper_7b_random``: the same architecture with random weights, built directly on the device
+  (``meta`` allocates nothing), for latency and memory sizing without a download.
 * ``cope_tiny_init``: CoPE-Tiny before training — the architecture of the bundled default model
   (``make tiny-model`` trains it on MotionQA, stages 0 → 1 → 2) with SmolLM2's tokenizer.
 * ``tiny_random``: the same classes with small random configs (SigLIP-architecture tower,
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -331,3 +334,77 @@ def paper_7b(device: str = "auto", dtype: str | torch.dtype | None = None, delta
         delta_encoder = DeltaEncoder(DeltaEncoderConfig.from_dict(config.delta_encoder))
     model = CopeVideoLM(config, base, tokenizer, delta_encoder, name="paper-7b", base_source=PAPER_7B_BASE)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def paper_7b_base_config():
+    """``LlavaOnevisionConfig`` of ``llava-hf/LLaVA-Video-7B-Qwen2-hf``, the architecture only.
+
+    SigLIP-so400m-patch14-384 as converted by llava-hf (hidden 1152, FFN 4304, 26 layers — the
+    original's last layer dropped, so features come from ``vision_feature_layer = -1`` —, 16 heads)
+    + 2-layer GELU projector + Qwen2-7B (hidden 3584, FFN 18944, 28 layers, 28 heads, 4 KV heads,
+    vocabulary 152,064, RoPE θ 10⁶). The checkpoint's own config.json carries the same numbers.
+    """
+    from transformers import LlavaOnevisionConfig
+
+    return LlavaOnevisionConfig(
+        vision_config={
+            "model_type": "siglip_vision_model",
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_hidden_layers": 26,
+            "num_attention_heads": 16,
+            "image_size": 384,
+            "patch_size": 14,
+            "vision_use_head": False,
+        },
+        text_config={
+            "model_type": "qwen2",
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "vocab_size": 152064,
+            "rope_theta": 1000000.0,
+            "max_position_embeddings": 32768,
+            "tie_word_embeddings": False,
+        },
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        image_token_index=151646,
+        video_token_index=151647,
+    )
+
+
+def paper_7b_random(
+    device: str = "auto", dtype: str | torch.dtype | None = None, delta: str = "paper", seed: int = 0
+) -> CopeVideoLM:
+    """The paper model's exact architecture (``paper_7b_base_config`` + a ``delta`` Δ-encoder preset)
+    with random weights, built directly on ``device`` (``meta``: shapes only, nothing allocated).
+
+    The hub's Qwen2 tokenizer is not needed: a word-level tokenizer with the same ChatML special
+    tokens renders the prompts, so the visual token counts are exact and the text prompt is a few
+    tokens shorter or longer than Qwen2's. For latency and memory sizing only: the answers are noise.
+    """
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from cope.model.delta import DeltaEncoder, delta_encoder_config
+
+    device = torch.device("meta") if str(device) == "meta" else resolve_device(device)
+    dtype = resolve_dtype("bfloat16" if device.type == "meta" and dtype in (None, "auto") else dtype, device)
+    tokenizer = word_tokenizer()
+    base_config = paper_7b_base_config()
+    base_config.image_token_index = base_config.video_token_index = tokenizer.convert_tokens_to_ids(VIDEO)
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # initialise in the target dtype: no float32 copy of 8B weights
+    try:
+        with torch.device(device):
+            base = LlavaOnevisionForConditionalGeneration(base_config)
+            delta_encoder = DeltaEncoder(delta_encoder_config(delta))
+    finally:
+        torch.set_default_dtype(previous)
+    base.generation_config.eos_token_id = tokenizer.eos_token_id
+    config = replace(paper_7b_config(), base_model="base")
+    model = CopeVideoLM(config, base, tokenizer, delta_encoder, name=f"paper-7b-random-{delta}")
+    return model.eval()
