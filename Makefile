@@ -88,6 +88,7 @@ tiny-table: tiny-model
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/mypy  # the modules listed under [tool.mypy] in pyproject.toml
 
 test: lint browser
 	$(BIN)/python -m pytest

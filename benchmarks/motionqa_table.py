@@ -16,7 +16,7 @@ exactly what ``open_video`` + ``CodecVideo.entries`` give for the same canonical
 * CoPE without stage 1 (H.2): 1 keyframe + Δ-frames.
 Scoring: the primary columns are forced choice (``cope.eval.choice``: the option with the highest
 summed log-probability, so every figure sits on top of a known chance level); the free-form
-column generates greedily and scores with ``cope.data.motionqa.score_prediction`` (an answer that
+column generates greedily and scores with ``cope.eval.scoring.score_prediction`` (an answer that
 names no option is wrong). ``--scoring choice`` skips the generation.
 """
 
@@ -32,8 +32,8 @@ import torch
 from tqdm import tqdm
 
 from cope.data.cache import SlotCache, visual_input_from_cache
-from cope.data.motionqa import score_prediction
 from cope.eval.choice import pick_option
+from cope.eval.scoring import score_prediction
 from cope.model.videolm import CopeVideoLM, GenerationConfig
 
 # (row name, model key, plan: K or "dense", Δ handling: "delta" | "none" | "zero")

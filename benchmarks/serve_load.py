@@ -1,20 +1,25 @@
 """Load test of ``cope serve`` on loopback, as JSON on stdout.
 
-    python benchmarks/serve_load.py [--model DIR | --tiny-random] [--requests 50] [--concurrency 8]
-                                    [--queue-size 8] [--max-tokens 16]
+    python benchmarks/serve_load.py [--model DIR | --tiny-random] [--requests 50] [--concurrency 16]
+                                    [--queue-size 8] [--max-tokens 16] [--request-timeout-s 300]
+                                    [--long-prompts 0 --long-words 8000]
 
 Starts the real server (uvicorn, 127.0.0.1, a free port) in this process with the given model
 (default: the bundled model; ``--tiny-random`` builds a random tiny one), uploads the bundled
 sample video once, then:
 
 1. baseline: ``--baseline`` requests one after another (no contention);
-2. load: ``--requests`` streamed chat requests from ``--concurrency`` client threads at once.
+2. load: ``--requests`` streamed chat requests from ``--concurrency`` client threads at once; with
+   ``--long-prompts N``, N of them ask a question of ``--long-words`` words, whose prefill takes
+   longer than ``--request-timeout-s`` (their timeouts, as 504s or inside their streams, are deliberate).
 
 Every request is a new one-question conversation about the same video (the encoded video is
 cached after the first; the answer is generated anew each time). Reported: HTTP status counts
 (429 = the queue was full, deliberate), failures (anything else, or a stream that ended without
 ``[DONE]``), client-side latency (send → ``[DONE]``) and TTFT (send → first content chunk) p50/p95,
-the server's own ``usage.ttft_s``, throughput, and the loaded/baseline p50 ratios.
+the server's own ``usage.ttft_s``, throughput, and the loaded/baseline p50 ratios. A monitor thread
+samples the worker every 5 ms and reports how long it ran each job: the longest, and the most any job
+ran past its deadline. That overrun is compared with one decode step (the slowest measured per-token time).
 """
 
 from __future__ import annotations
@@ -51,6 +56,40 @@ def load_model(args, work: Path):
     return CopeVideoLM.from_pretrained(path, device=args.device), Path(path).name
 
 
+class WorkerMonitor:
+    """Samples ``worker.running`` in a thread: how long each job held the worker, and past its deadline."""
+
+    def __init__(self, worker, period_s: float = 0.005):
+        self.worker = worker
+        self.period_s = period_s
+        self.jobs: dict = {}  # job → [first seen, last seen, deadline] (the key keeps ids unique)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            job, now = self.worker.running, time.monotonic()
+            if job is not None:
+                self.jobs.setdefault(job, [now, now, job.deadline])[1] = now
+            time.sleep(self.period_s)
+
+    def __enter__(self) -> WorkerMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self) -> dict:
+        spans = list(self.jobs.values())
+        return {
+            "jobs_seen": len(spans),
+            "longest_job_s": round(max((last - first for first, last, _ in spans), default=0.0), 4),
+            "max_past_deadline_s": round(max((last - end for _, last, end in spans), default=0.0), 4),
+        }
+
+
 def one_request(http: httpx.Client, url: str, file_id: str, question: str, max_tokens: int) -> dict:
     """One streamed chat completion; what the client saw."""
     body = {
@@ -69,7 +108,7 @@ def one_request(http: httpx.Client, url: str, file_id: str, question: str, max_t
         "stream_options": {"include_usage": True},
     }
     start = time.perf_counter()
-    first = usage = None
+    first = usage = error = None
     done = False
     with http.stream("POST", url + "/v1/chat/completions", json=body) as response:
         if response.status_code != 200:
@@ -83,7 +122,8 @@ def one_request(http: httpx.Client, url: str, file_id: str, question: str, max_t
                 done = True
                 break
             chunk = json.loads(data)
-            if "error" in chunk:
+            if "error" in chunk:  # e.g. the deadline passed mid-answer (or mid-prefill)
+                error = chunk["error"]["code"]
                 break
             if chunk["choices"] and chunk["choices"][0]["delta"].get("content") and first is None:
                 first = time.perf_counter() - start
@@ -93,25 +133,47 @@ def one_request(http: httpx.Client, url: str, file_id: str, question: str, max_t
     return {
         "status": 200,
         "ok": done and usage is not None,
+        "error": error,
         "latency_s": latency,
         "ttft_s": first if first is not None else latency,
         "server_ttft_s": usage["ttft_s"] if usage else None,
         "tokens": usage["completion_tokens"] if usage else 0,
+        # The slowest decode step is at most this: the answer's time after its first token per token.
+        "step_s": (
+            (usage["e2e_s"] - usage["ttft_s"]) / (usage["completion_tokens"] - 1)
+            if usage and usage["completion_tokens"] > 1
+            else None
+        ),
     }
 
 
 def run_batch(
-    url: str, file_id: str, count: int, concurrency: int, max_tokens: int
+    url: str,
+    file_id: str,
+    count: int,
+    concurrency: int,
+    max_tokens: int,
+    long_prompts: int = 0,
+    long_question: str = "",
 ) -> tuple[list[dict], float]:
+    """``count`` requests from ``concurrency`` threads; ``long_prompts`` of them, spread evenly, are long."""
     local = threading.local()
+    every = count // long_prompts if long_prompts else 0
 
     def task(i: int) -> dict:
         if not hasattr(local, "http"):
             local.http = httpx.Client(timeout=600)
+        long = bool(every) and i % every == 0 and i // every < long_prompts
+        question = long_question if long else QUESTIONS[i % len(QUESTIONS)]
         try:
-            return one_request(local.http, url, file_id, QUESTIONS[i % len(QUESTIONS)], max_tokens)
+            return one_request(local.http, url, file_id, question, max_tokens) | {"long": long}
         except httpx.HTTPError as exc:
-            return {"status": f"transport error: {type(exc).__name__}", "ok": False, "latency_s": 0.0}
+            return {
+                "status": f"transport error: {type(exc).__name__}",
+                "ok": False,
+                "latency_s": 0.0,
+                "long": long,
+            }
 
     start = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -130,21 +192,37 @@ def percentiles(values: list[float]) -> dict:
     }
 
 
+def timed_out(result: dict) -> bool:
+    """A 504, or a stream whose deadline passed after its headers (a streamed prefill can time out)."""
+    return result["status"] == 504 or result.get("error") == "request_timeout"
+
+
 def summarize(results: list[dict], wall_s: float) -> dict:
     statuses: dict[str, int] = {}
     for r in results:
         statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
     served = [r for r in results if r["status"] == 200 and r["ok"]]
-    failed = [r for r in results if not (r["status"] == 429 or (r["status"] == 200 and r["ok"]))]
+    # Deliberate: 429 (queue full) for anyone, 504 (timeout) for the long prompts.
+    failed = [
+        r
+        for r in results
+        if not (r["status"] == 429 or (r["status"] == 200 and r["ok"]) or (r["long"] and timed_out(r)))
+    ]
+    steps = [r["step_s"] for r in served if r.get("step_s") is not None]
     return {
         "requests": len(results),
         "status_counts": statuses,
         "rejected_429": statuses.get("429", 0),
+        "timed_out": {
+            "long_prompts": sum(timed_out(r) for r in results if r.get("long")),
+            "others": sum(timed_out(r) for r in results if not r.get("long")),
+        },
         "failed": len(failed),
         "latency_s": percentiles([r["latency_s"] for r in served]),
         "ttft_s": percentiles([r["ttft_s"] for r in served]),
         "server_ttft_s": percentiles([r["server_ttft_s"] for r in served if r["server_ttft_s"] is not None]),
         "generated_tokens": sum(r["tokens"] for r in served),
+        "slowest_decode_step_s": round(max(steps), 4) if steps else None,
         "wall_s": round(wall_s, 3),
         "requests_per_s": round(len(served) / wall_s, 3) if wall_s else None,
     }
@@ -162,12 +240,15 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--video", type=Path, default=sample_video_path())
     parser.add_argument("--requests", type=int, default=50)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument(
         "--queue-size", type=int, default=8, help="server queue; < concurrency − 1 forces 429s"
     )
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--baseline", type=int, default=5, help="sequential requests measured first")
+    parser.add_argument("--request-timeout-s", type=float, default=300)
+    parser.add_argument("--long-prompts", type=int, default=0, help="requests with an over-long question")
+    parser.add_argument("--long-words", type=int, default=8000, help="words in an over-long question")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="cope-serve-load-") as tmp:
@@ -177,7 +258,12 @@ def main() -> int:
         except CopeInputError as exc:
             print(f"serve_load: error: {exc}", file=sys.stderr)
             return 2
-        settings = ServeSettings(model_name="bench", queue_size=args.queue_size, work_root=work)
+        settings = ServeSettings(
+            model_name="bench",
+            queue_size=args.queue_size,
+            work_root=work,
+            request_timeout_s=args.request_timeout_s,
+        )
         app = create_app(model, settings)
         with BackgroundServer(app) as server, httpx.Client(timeout=600) as http:
             with open(args.video, "rb") as f:
@@ -191,9 +277,16 @@ def main() -> int:
                 print(json.dumps({"error": f"warm-up request failed: {warm}"}))
                 return 1
             baseline, baseline_wall = run_batch(server.url, file_id, args.baseline, 1, args.max_tokens)
-            loaded, loaded_wall = run_batch(
-                server.url, file_id, args.requests, args.concurrency, args.max_tokens
-            )
+            with WorkerMonitor(app.state.worker) as monitor:
+                loaded, loaded_wall = run_batch(
+                    server.url,
+                    file_id,
+                    args.requests,
+                    args.concurrency,
+                    args.max_tokens,
+                    args.long_prompts,
+                    " ".join(["moving"] * args.long_words),
+                )
             encode_calls = app.state.engine.encode_calls
     base, load = summarize(baseline, baseline_wall), summarize(loaded, loaded_wall)
     report = {
@@ -202,6 +295,8 @@ def main() -> int:
         "max_tokens": args.max_tokens,
         "concurrency": args.concurrency,
         "queue_size": args.queue_size,
+        "request_timeout_s": args.request_timeout_s,
+        "long_prompts": args.long_prompts,
         "encode_calls": encode_calls,
         "baseline_sequential": base,
         "load": load,
@@ -211,6 +306,11 @@ def main() -> int:
             else None
         ),
     }
+    worker = monitor.report()
+    step = load["slowest_decode_step_s"] or base["slowest_decode_step_s"] or 0.0
+    worker["bound_s"] = round(args.request_timeout_s + step, 4)  # the timeout plus one decode step
+    worker["within_bound"] = worker["longest_job_s"] <= worker["bound_s"]
+    report["worker"] = worker
     print(json.dumps(report, indent=2))
     return 0 if load["failed"] == 0 and base["failed"] == 0 else 1
 

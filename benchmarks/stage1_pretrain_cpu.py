@@ -2,7 +2,7 @@
 
     python benchmarks/stage1_pretrain_cpu.py --out /tmp/stage1-cpu [--clips 192] [--steps 1500]
 
-The clips are MotionQA scenes (``cope.data.motionqa_render``: procedural backgrounds, coloured
+The clips are MotionQA scenes (``cope.motionqa.render``: procedural backgrounds, coloured
 shapes) whose camera pans with a new random velocity every second while 1–3 objects wander: every
 1-s frame pair moves, so the codec's motion vectors and residuals carry what changed. 1/8 of the
 clips are held out. Training is ``configs/pretrain-pan-benchmark.yaml`` with the data paths pointed here
@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pan_scene(rng: np.random.Generator, seconds: int):
-    from cope.data.motionqa import draw_background, draw_looks
-    from cope.data.motionqa_render import Scene, SceneObject
+    from cope.motionqa.render import Scene, SceneObject
+    from cope.motionqa.scenes import draw_background, draw_looks
 
     background = draw_background(rng, "train")
     camera = [(0.0, 0.0)]
@@ -53,7 +53,7 @@ def pan_scene(rng: np.random.Generator, seconds: int):
 
 def write_clips(folder: Path, clips: int, size: int, seconds: int, seed: int) -> None:
     from cope.codec.canonical import CanonicalSettings
-    from cope.data.motionqa_render import render_frames, write_video
+    from cope.motionqa.render import render_frames, write_video
 
     folder.mkdir(parents=True, exist_ok=True)
     settings = CanonicalSettings()

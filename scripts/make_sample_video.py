@@ -1,6 +1,6 @@
 """Generate the bundled sample video ``src/cope/assets/sample.mp4`` and its questions.
 
-A MotionQA scene (``cope.data.motionqa``) from outside the training data: the "halves" plan on the
+A MotionQA scene (``cope.motionqa``) from outside the training data: the "halves" plan on the
 test split's held-out backgrounds, seed 2026, where an object moves one way during the first four
 seconds and another way during the next three. It is rendered at 480×480 and written as 8 s of
 H.264 with B-frames, so the demo shows a real transcode to the canonical MPEG-4 stream.
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import av
 
-from cope.data.motionqa import make_clip
-from cope.data.motionqa_render import render_frames
+from cope.motionqa import make_clip, render_frames
 
 SIDE, FPS = 480, 30
 SEED, PLAN, ANSWER = 2026, "halves", ("right", "left")  # moves right, then back left

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -41,6 +42,33 @@ def write_translation_clip(
             crop = fine[oy : oy + 2 * side, ox : ox + 2 * side]
             image = crop.reshape(side, 2, side, 2, 3).mean(axis=(1, 3))
             frame = av.VideoFrame.from_ndarray(np.rint(image).astype(np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def awkward_clip(
+    path: Path, size=(96, 64), rotation=0, vfr=False, codec="libx264", pix_fmt="yuv420p"
+) -> Path:
+    """45 frames whose left half is red (it tells the orientation), at an odd size, with display
+    rotation, variable frame rate or another codec as asked."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=30)
+        stream.width, stream.height = size
+        stream.pix_fmt = pix_fmt if codec != "gif" else "rgb8"
+        if rotation:
+            stream.set_display_rotation(rotation)
+        stream.time_base = Fraction(1, 1000)
+        t = 0
+        for i in range(45):
+            image = np.zeros((size[1], size[0], 3), np.uint8)
+            image[:, : size[0] // 2] = (200, 30, 30)  # left half red: tells us the orientation
+            image[:, :, 1] = (i * 5) % 255
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            t += (20 if i % 2 else 50) if vfr else 33
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode(None):

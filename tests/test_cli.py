@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from cope.cli import main
-from tests.clips import write_translation_clip
+from tests.clips import awkward_clip, write_translation_clip
 
 
 def run(*args, env_cache=None):
@@ -41,7 +40,7 @@ def test_inspect_json_contract(sample_video, cache_dir):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     stream_keys = {"codec", "width", "height", "fps", "frames", "duration_s", "gops", "frame_types"}
-    assert set(report) == {"source", "canonical", "plans"}
+    assert set(report) == {"source", "canonical", "plans", "scene_cuts"}
     assert set(report["source"]) == stream_keys == set(report["canonical"])
     assert report["source"]["codec"] == "h264" and report["source"]["frame_types"]["B"] > 0
     canonical = report["canonical"]
@@ -195,31 +194,6 @@ def test_huge_resolution_is_refused(monkeypatch, integer_clip, cache_dir, capsys
 # ---- awkward but valid input: transcoded ------------------------------------------------------
 
 
-def _odd_vfr_rotated(
-    path: Path, size=(96, 64), rotation=0, vfr=False, codec="libx264", pix_fmt="yuv420p"
-) -> Path:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=30)
-        stream.width, stream.height = size
-        stream.pix_fmt = pix_fmt if codec != "gif" else "rgb8"
-        if rotation:
-            stream.set_display_rotation(rotation)
-        stream.time_base = Fraction(1, 1000)
-        t = 0
-        for i in range(45):
-            image = np.zeros((size[1], size[0], 3), np.uint8)
-            image[:, : size[0] // 2] = (200, 30, 30)  # left half red: tells us the orientation
-            image[:, :, 1] = (i * 5) % 255
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts, frame.time_base = t, Fraction(1, 1000)
-            t += (20 if i % 2 else 50) if vfr else 33
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return path
-
-
 @pytest.mark.parametrize(
     ("name", "kwargs"),
     [
@@ -233,7 +207,7 @@ def _odd_vfr_rotated(
 )
 def test_awkward_inputs_are_transcoded(name, kwargs, tmp_path, cache_dir):
     try:
-        path = _odd_vfr_rotated(tmp_path / name, **kwargs)
+        path = awkward_clip(tmp_path / name, **kwargs)
     except (av.error.FFmpegError, ValueError) as exc:  # an encoder missing from this FFmpeg build
         pytest.skip(f"cannot create {name}: {exc}")
     result = run("inspect", path, "--json", "--size", "64x64", "--cache-dir", cache_dir)
@@ -246,7 +220,7 @@ def test_awkward_inputs_are_transcoded(name, kwargs, tmp_path, cache_dir):
 def test_rotation_metadata_is_applied(tmp_path, cache_dir):
     from cope.codec import CanonicalSettings, open_video
 
-    path = _odd_vfr_rotated(tmp_path / "rot.mp4", size=(96, 64), rotation=90)
+    path = awkward_clip(tmp_path / "rot.mp4", size=(96, 64), rotation=90)
     video = open_video(path, CanonicalSettings(width=64, height=64), cache_dir=cache_dir)
     rgb = next(video.entries(video.plan(fusion=15))).rgb  # the first I-frame
     # Unrotated, the left half is red. A display matrix rotated 90° counter-clockwise is shown by

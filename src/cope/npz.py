@@ -3,17 +3,72 @@
 ``np.savez`` needs every array in memory at once; a long video's residuals do not fit. Each array
 is spooled to a temporary file as frames arrive, then copied into the zip member by member.
 The archive appears at its final path only when complete (written to a temporary name, renamed).
+
+The spool folder ``.cope-npz-<pid>-*`` sits next to the output and names the process that owns
+it. SIGINT/SIGTERM/SIGHUP remove it (``cope.signals``); only a SIGKILL or a power cut can leave
+one behind, and the next writer in that folder removes every spool whose process is gone.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+SPOOL_PREFIX = ".cope-npz-"
+# The owner's pid in ".cope-npz-<pid>-…", ".tmp-<pid>-…" and "<stem>.<pid>.partial".
+_OWNER = re.compile(r"(?:^\.cope-npz-|^\.tmp-|\.)(\d+)[-.]")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_orphans(directory: Path, pattern: str) -> list[Path]:
+    """Remove the files and folders matching ``pattern`` whose owning process (pid in the name)
+    is dead: what a SIGKILLed run left. Entries of live processes, or with no pid, are kept."""
+    removed = []
+    for path in Path(directory).glob(pattern):
+        match = _OWNER.search(path.name)
+        if match is None or int(match.group(1)) == os.getpid() or pid_alive(int(match.group(1))):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def free_bytes(directory: str | os.PathLike) -> int:
+    """Free space for an unprivileged writer in ``directory`` (the one place the disk is asked)."""
+    return shutil.disk_usage(directory).free
+
+
+def npz_bytes(arrays: dict[str, tuple[tuple[int, ...], np.dtype]], counts: dict[str, int]) -> int:
+    """Size of an uncompressed archive of ``counts[name]`` items per array (headers included)."""
+    total = 0
+    for name, (shape, dtype) in arrays.items():
+        total += counts.get(name, 0) * int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        total += 256  # .npy header + zip local/central headers
+    return total
+
+
+def peak_spool_bytes(arrays, counts) -> int:
+    """Disk used at the worst moment of ``close``: the spool plus the largest member being copied."""
+    largest = max((npz_bytes({n: a}, counts) for n, a in arrays.items()), default=0)
+    return npz_bytes(arrays, counts) + largest
 
 
 class NpzStreamWriter:
@@ -28,7 +83,9 @@ class NpzStreamWriter:
         self.path = Path(path)
         self.compresslevel = compresslevel
         self.spec = {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in arrays.items()}
-        self.spool_dir = Path(tempfile.mkdtemp(prefix=".cope-npz-", dir=self.path.parent))
+        remove_orphans(self.path.parent, f"{SPOOL_PREFIX}*")
+        prefix = f"{SPOOL_PREFIX}{os.getpid()}-"
+        self.spool_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=self.path.parent))
         self.files = {name: open(self.spool_dir / f"{name}.raw", "wb") for name in self.spec}
         self.counts = dict.fromkeys(self.spec, 0)
 
@@ -56,6 +113,7 @@ class NpzStreamWriter:
                     np.lib.format.write_array_header_2_0(member, header)
                     with open(self.spool_dir / f"{name}.raw", "rb") as raw:
                         shutil.copyfileobj(raw, member, 1 << 22)
+                (self.spool_dir / f"{name}.raw").unlink()  # peak disk: spool + one member, not 2×
         os.replace(tmp, self.path)
         shutil.rmtree(self.spool_dir, ignore_errors=True)
 

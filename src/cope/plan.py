@@ -16,6 +16,7 @@ take 64 GOPs uniformly spread over the video, all their slots included.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -55,11 +56,30 @@ MAX_GOPS = 64  # paper: 1 FPS up to 64 GOPs (512 s), uniform GOP sampling beyond
 DEFAULT_FUSION = 30  # paper: s = 30 frames → 1 effective FPS at 30 FPS
 
 
+class Mode(StrEnum):
+    """How a VideoLM reads a video (each value is also the CLI's and the API's spelling)."""
+
+    COPE = "cope"  # K keyframes per GOP as image tokens + fused P-frames as Δ-tokens
+    IFRAMES_ONLY = "iframes-only"  # the same keyframes, no Δ-tokens (paper H.4)
+    DENSE = "dense"  # uniformly sampled RGB frames only (LLaVA-Video's baseline)
+    DELTA_ZERO = "delta-zero"  # cope's layout with every Δ-token zeroed (paper H.3)
+
+
+MODES = tuple(mode.value for mode in Mode)
+
+
+class FrameKind(StrEnum):
+    """What a sampled frame becomes: image tokens ("I") or Δ-tokens ("P")."""
+
+    I = "I"  # noqa: E741 - the codec's own name for the frame type
+    P = "P"
+
+
 @dataclass(frozen=True)
 class PlanEntry:
     """One sampled frame. ``kind`` "I" → image tokens; "P" → Δ-tokens against ``ref_index``."""
 
-    kind: str
+    kind: FrameKind
     index: int
     gop: int
     ref_index: int | None = None
@@ -125,19 +145,39 @@ def select_gops(num_gops: int, max_gops: int = MAX_GOPS) -> list[int]:
     return sorted({int(i) for i in np.linspace(0, num_gops - 1, max_gops).round()})
 
 
-def keyframe_spacing(gop_size: int, fusion: int, keyframes_per_gop: int) -> int:
-    """Slots between two keyframes; K must divide the number of slots G/s of a full GOP."""
-    if fusion < 1:
-        raise ValueError(f"fusion must be ≥ 1, got {fusion}")
+def check_plan_options(gop_size: int, fusion: int, keyframes_per_gop: int) -> None:
+    """The rules every plan option obeys, wherever it comes from (CLI, server, config).
+
+    Raises ``ValueError`` with a one-line message that names no command-line flag: the CLI turns
+    it into exit 2, the server into a 400. ``bool`` is refused too (``True`` is an ``int``).
+    """
+    for name, value in (("fusion", fusion), ("keyframes per GOP", keyframes_per_gop), ("GOP size", gop_size)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be ≥ 1, got {value}")
+    if fusion > gop_size:
+        raise ValueError(f"fusion {fusion} is longer than the GOP of {gop_size} frames")
     if gop_size % fusion:
         raise ValueError(f"fusion {fusion} must divide the GOP size {gop_size}")
     slots = gop_size // fusion
-    if keyframes_per_gop < 1 or slots % keyframes_per_gop:
+    if slots % keyframes_per_gop:
         raise ValueError(
             f"keyframes per GOP must divide the {slots} slots of a GOP "
             f"(GOP {gop_size} / fusion {fusion}), got {keyframes_per_gop}"
         )
-    return slots // keyframes_per_gop
+
+
+def delta_frames_per_gop(gop_size: int, fusion: int, keyframes_per_gop: int) -> int:
+    """Δ-frames a full GOP contributes; 0 means the plan is keyframes only (worth a warning)."""
+    check_plan_options(gop_size, fusion, keyframes_per_gop)
+    return gop_size // fusion - keyframes_per_gop
+
+
+def keyframe_spacing(gop_size: int, fusion: int, keyframes_per_gop: int) -> int:
+    """Slots between two keyframes; K must divide the number of slots G/s of a full GOP."""
+    check_plan_options(gop_size, fusion, keyframes_per_gop)
+    return gop_size // fusion // keyframes_per_gop
 
 
 def cope_plan(
@@ -162,9 +202,9 @@ def cope_plan(
         start, end = bounds[gop]
         for slot, index in enumerate(range(start, end, fusion)):
             if slot % spacing == 0:
-                entries.append(PlanEntry("I", index, gop))
+                entries.append(PlanEntry(FrameKind.I, index, gop))
             else:
-                entries.append(PlanEntry("P", index, gop, ref_index=index - fusion))
+                entries.append(PlanEntry(FrameKind.P, index, gop, ref_index=index - fusion))
     return TokenPlan(tuple(entries))
 
 
@@ -181,7 +221,7 @@ def dense_plan(
     """The dense-RGB baseline: ``num_samples`` uniformly sampled frames, all as image tokens."""
     starts = np.asarray(gop_starts if gop_starts else [0])
     entries = tuple(
-        PlanEntry("I", i, int(np.searchsorted(starts, i, side="right") - 1))
+        PlanEntry(FrameKind.I, i, int(np.searchsorted(starts, i, side="right") - 1))
         for i in dense_frame_indices(num_frames, num_samples)
     )
     return TokenPlan(entries)
@@ -190,8 +230,11 @@ def dense_plan(
 def standard_plans(
     num_frames: int, gop_starts: list[int], gop_size: int, fusion: int = DEFAULT_FUSION
 ) -> dict:
-    """The plans ``cope inspect`` reports: dense64 and CoPE at 1, 2 and 4 keyframes per GOP."""
+    """The plans ``cope inspect`` reports: dense64 and CoPE at 1, 2 and 4 keyframes per GOP
+    (the Ks that divide a GOP's slots)."""
+    check_plan_options(gop_size, fusion, 1)
     plans = {"dense64": dense_plan(num_frames, DENSE_FRAMES, gop_starts)}
     for k in (1, 2, 4):
-        plans[f"cope_k{k}"] = cope_plan(num_frames, gop_starts, gop_size, fusion, k)
+        if (gop_size // fusion) % k == 0:  # e.g. fusion 80: 3 slots per GOP, no K = 2 or 4 plan
+            plans[f"cope_k{k}"] = cope_plan(num_frames, gop_starts, gop_size, fusion, k)
     return plans

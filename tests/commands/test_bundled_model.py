@@ -13,7 +13,7 @@ import pytest
 
 import cope
 from cope.cli import main
-from cope.data.motionqa import score_prediction
+from cope.eval.scoring import score_prediction
 from cope.model.videolm.builders import default_model_path
 
 ASSETS = Path(cope.__file__).parent / "assets"

@@ -131,3 +131,21 @@ def test_medians_are_per_timing_and_counts_must_agree():
     runs[1]["visual_tokens"] = 11
     with pytest.raises(RuntimeError, match="visual_tokens changed"):
         median_run(runs)
+
+
+@pytest.mark.slow
+def test_cold_runs_add_the_codec_time(eval_checkpoint, sample_video, eval_env, capsys):
+    """--cold: each run reads the file as if for the first time; cold TTFT = codec + model TTFT, and
+    the visual tokens are those of the warm path (dense64's frames come from the file itself)."""
+    args = ["bench", "--model", str(eval_checkpoint), "--video", str(sample_video), "--device", "cpu"]
+    args += ["--configs", "dense64,cope_k1", "--repeats", "1", "--new-tokens", "2", "--threads", "1"]
+    assert main([*args, "--cold", "--no-memory", "--no-flops", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["cold"] is True
+    runs = {row["config"]: row for row in report["runs"]}
+    tokens = expected_tokens(eval_checkpoint, sample_video)
+    for name, row in runs.items():
+        assert row["visual_tokens"] == tokens[name]
+        assert row["codec_s"] > 0
+        assert row["cold_ttft_s"] == pytest.approx(row["codec_s"] + row["ttft_s"])  # one run: no medians
+    assert "cold_ttft_reduction_pct" in runs["cope_k1"]

@@ -154,7 +154,7 @@ def test_save_refuses_to_overwrite_without_the_flag(tmp_path):
 
 
 def test_bad_checkpoints_raise_one_line_input_errors(tmp_path):
-    with pytest.raises(CopeInputError, match="no such checkpoint directory"):
+    with pytest.raises(CopeInputError, match="no such model directory"):
         resolve_checkpoint(tmp_path / "missing" / "dir")
     (tmp_path / "config.json").write_text("{not json")
     (tmp_path / "model.safetensors").write_bytes(b"junk")

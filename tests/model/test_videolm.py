@@ -404,19 +404,39 @@ def test_hub_ids_resolve_to_cope_or_base_checkpoints(tmp_path, monkeypatch):
     (tmp_path / "llava").mkdir()
     (tmp_path / "llava" / "config.json").write_text('{"model_type": "llava_onevision"}')
 
-    def fake_download(repo_id, filename):
+    downloads = []
+
+    def fake_snapshot(repo_id, allow_patterns=None):
+        downloads.append((repo_id, allow_patterns))
         if repo_id not in repos:
             raise OSError("Repository Not Found")
-        return str(repos[repo_id] / filename)
+        return str(repos[repo_id])
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id: str(repos[repo_id]))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
     cope = resolve_checkpoint("org/cope-model")
     assert (cope.cope_dir, cope.base_model) == (tmp_path / "cope", "llava-hf/LLaVA-Video-7B-Qwen2-hf")
     base = resolve_checkpoint("llava-hf/LLaVA-Video-7B-Qwen2-hf")
     assert (base.cope_dir, base.base_model) == (None, "llava-hf/LLaVA-Video-7B-Qwen2-hf")
+    # Only config.json is fetched to tell the kinds apart; the whole repo only for a CoPE checkpoint.
+    assert downloads == [
+        ("org/cope-model", ["config.json"]),
+        ("org/cope-model", None),
+        ("llava-hf/LLaVA-Video-7B-Qwen2-hf", ["config.json"]),
+    ]
     with pytest.raises(CopeInputError, match="org/missing: not a local directory, and the Hugging Face Hub"):
         resolve_checkpoint("org/missing")
+
+
+def test_config_refuses_unknown_fields_and_other_versions():
+    from cope.model.videolm import CopeConfig
+
+    data = CopeConfig().to_dict()
+    with pytest.raises(CopeInputError, match="x.json: unknown CopeConfig fields: fusoin"):
+        CopeConfig.from_dict({**data, "fusoin": 10}, "x.json")
+    with pytest.raises(CopeInputError, match="cope_version 2 is not supported"):
+        CopeConfig.from_dict({**data, "cope_version": 2})
+    with pytest.raises(CopeInputError, match="mode must be one of"):
+        CopeConfig.from_dict({**data, "mode": "fast"})
 
 
 def test_paper_7b_config():
@@ -443,3 +463,47 @@ def test_system_turn(model, encoded):
         == model.generate(prompt, GenerationConfig(max_new_tokens=4)).token_ids
     )
     assert session.messages[0]["content"] == f"<video>\n{QUESTION}"
+
+
+def test_min_tokens_holds_the_end_tokens_back():
+    """With the first greedy token made an end token, the answer is empty; min_tokens=3 forbids the
+    end tokens for three tokens (and never emits one), then lets the model stop again."""
+    from cope.model.videolm import GenerationConfig, tiny_random
+
+    model = tiny_random(seed=5)
+    prompt = model.build_prompt(
+        torch.randn(4, model.hidden_size, generator=torch.Generator().manual_seed(1)), "what ?"
+    )
+    first = model.generate(prompt, GenerationConfig(max_new_tokens=4)).token_ids[0]
+    model.stop_token_ids = model.stop_token_ids | {first}
+    stopped = model.generate(prompt, GenerationConfig(max_new_tokens=4))
+    assert (stopped.token_ids, stopped.finish_reason) == ([], "stop")
+    held = model.generate(prompt, GenerationConfig(max_new_tokens=8, min_tokens=3))
+    assert len(held.token_ids) >= 3 and not set(held.token_ids[:3]) & model.stop_token_ids
+    with pytest.raises(CopeInputError, match="min_tokens must be between 0 and max_new_tokens"):
+        GenerationConfig(max_new_tokens=2, min_tokens=3)
+
+
+def test_a_batch_embeds_in_one_pass_like_each_video_alone(clip_dir):
+    """embed_visuals (one tower pass, one Δ-encoder pass for the whole batch) equals embed_visual per
+    video, for mixed plans: keyframes + Δ-frames, keyframes only, and Δ-zeroed."""
+    from cope.codec import open_video
+    from cope.model.inputs import VisualInput
+    from cope.model.videolm import tiny_random
+    from tests.clips import write_translation_clip
+
+    model = tiny_random(seed=2)
+    settings = model.config.canonical
+    visuals = []
+    for k, (dx, frames) in enumerate([(1.0, 61), (-2.0, 31)]):
+        video = open_video(write_translation_clip(clip_dir / f"batch{k}.mp4", frames, dx), settings)
+        plan = video.plan(fusion=5, keyframes_per_gop=2 - k)
+        visuals.append(VisualInput.from_entries(video.entries(plan), settings.height, settings.width))
+    visuals.append(visuals[0].without_deltas())
+    for zero in (False, True):
+        with torch.inference_mode():
+            batched = model.embed_visuals(visuals, zero_deltas=zero)
+            alone = [model.embed_visual(v, zero_deltas=zero) for v in visuals]
+        assert [b.shape for b in batched] == [a.shape for a in alone]
+        for b, a in zip(batched, alone, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 import time
 from pathlib import Path
 
+import pytest
+
 MODEL_NAME = "cope-test"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+# The browser tests: a real browser against a real server, where Debian's Chromium is installed.
+BROWSER_TESTS = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+        reason="Chromium / chromedriver not installed (make browser)",
+    ),
+]
 SAMPLE = Path(__file__).resolve().parents[2] / "src" / "cope" / "assets" / "sample.mp4"
 
 

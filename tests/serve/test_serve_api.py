@@ -259,7 +259,10 @@ def test_path_rules(server, allowed_dir):
 def test_bad_requests_get_openai_error_bodies(server, client, uploaded):
     url = server.url + "/v1/chat/completions"
     good = chat_body(f"cope-file://{uploaded.id}")
-    assert_error(httpx.post(url, content=b'{"model": '), 400, "invalid_json", "malformed JSON")
+    json_type = {"content-type": "application/json"}
+    assert_error(
+        httpx.post(url, content=b'{"model": ', headers=json_type), 400, "invalid_json", "malformed JSON"
+    )
     assert_error(httpx.post(url, json={"model": MODEL_NAME}), 400, "invalid_request", "messages")
     assert_error(httpx.post(url, json={**good, "mode": "fast"}), 400, "invalid_request", "mode")
     assert_error(httpx.post(url, json={**good, "n": 2}), 400, "invalid_request")
@@ -308,7 +311,7 @@ def test_bad_and_oversize_videos(server, client):
     assert_error(httpx.post(chat, json=chat_body(junk, stream=True)), 400, "invalid_video")
     # Rejected uploads are not kept.
     store = app_state(server).store
-    assert not any(v.filename in ("notes.mp4", "data-url.mp4") for v in store._videos.values())
+    assert not any(f.filename in ("notes.mp4", "data-url.mp4") for f in store._files.values())
     # ... and the server keeps serving.
     with open(SAMPLE, "rb") as f:
         assert client.files.create(file=("again.mp4", f), purpose="user_data").bytes == SAMPLE.stat().st_size
@@ -370,3 +373,21 @@ def test_client_disconnect_stops_generation(server, uploaded):
     finally:
         model.stop_token_ids = stops
     assert json.loads(httpx.get(server.url + "/health").text)["queue"]["busy"] is False
+
+
+def test_vllm_min_tokens_and_ignore_eos(client, server, uploaded):
+    """vLLM's extra fields: min_tokens holds the end tokens back, ignore_eos decodes through them."""
+    messages = [video_message(f"cope-file://{uploaded.id}")]
+    for extra in ({"min_tokens": 6}, {"ignore_eos": True}):
+        answer = client.chat.completions.create(
+            model=MODEL_NAME, messages=messages, max_tokens=6, extra_body=extra
+        )
+        assert answer.usage.completion_tokens == 6 and answer.choices[0].finish_reason == "length"
+    response = httpx.post(
+        server.url + "/v1/chat/completions", json=chat_body(uploaded_url(uploaded), min_tokens=7)
+    )
+    assert_error(response, 400, contains="min_tokens 7 exceeds max_tokens 6")
+
+
+def uploaded_url(uploaded) -> str:
+    return f"cope-file://{uploaded.id}"

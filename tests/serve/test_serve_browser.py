@@ -6,7 +6,6 @@ to ``tests/artifacts/serve-browser.png`` (ignored by git); its path is printed.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,11 @@ import pytest
 from cope.serve.app import create_app
 from cope.serve.config import ServeSettings
 from cope.serve.server import BackgroundServer
-from tests.serve.support import MODEL_NAME, SAMPLE, load, tiny_checkpoint
+from tests.serve.support import BROWSER_TESTS, MODEL_NAME, SAMPLE, load, tiny_checkpoint
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
-pytestmark = [
-    pytest.mark.slow,  # a real browser against a real server
-    pytest.mark.skipif(
-        not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-        reason="Chromium / chromedriver not installed (make browser)",
-    ),
-]
+pytestmark = BROWSER_TESTS
 
 
 @pytest.fixture(scope="module")
@@ -35,31 +26,6 @@ def server(tmp_path_factory):
     settings = ServeSettings(model_name=MODEL_NAME, work_root=tmp_path_factory.mktemp("browser-work"))
     with BackgroundServer(create_app(load(checkpoint), settings)) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM  # with both paths given, Selenium Manager never downloads anything
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,1200",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 def test_page_uploads_video_shows_summary_and_streams_an_answer(server, browser):

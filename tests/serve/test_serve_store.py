@@ -18,24 +18,28 @@ def make_store(tmp_path, **overrides) -> VideoStore:
 
 
 def test_same_bytes_same_video_and_least_recently_used_eviction(tmp_path):
-    store = make_store(tmp_path, max_upload_bytes=1000, cache_max_bytes=2500)
+    store = make_store(tmp_path, max_upload_bytes=1000, cache_max_bytes=3000)
     a = store.add_bytes(b"a" * 1000, "a.mp4")
-    assert store.add_bytes(b"a" * 1000, "renamed.mp4") is a  # content-addressed: one copy
+    renamed = store.add_bytes(b"a" * 1000, "renamed.mp4")
+    assert renamed.video is a.video  # content-addressed: one copy of the bytes ...
+    assert renamed.id != a.id and renamed.filename == "renamed.mp4"  # ... but each upload is its own
     assert store.get(a.id) is a
     b = store.add_bytes(b"b" * 1000, "b.mp4")
     c = store.add_bytes(b"c" * 1000, "c.mp4")
     store.get(a.id)  # a is now more recently used than b
     with store.hold(c):
-        assert store.enforce_budget() == [b.sha256]  # 3000 > 2500: the least recently used goes
-    assert not b.path.exists() and a.path.exists() and c.path.exists()
+        # The budget holds at every moment: room for d is made before d is written.
+        d = store.add_bytes(b"d" * 1000, "d.mp4")
+    assert not b.path.exists() and a.path.exists() and c.path.exists() and d.path.exists()
+    assert store.disk_bytes() <= 3000
     with pytest.raises(APIError) as missing:
         store.get(b.id)
     assert missing.value.status == 404
     # A held video is never evicted, even when it is the oldest.
     with store.hold(a):
-        store.add_bytes(b"d" * 1000, "d.mp4")
-        evicted = store.enforce_budget()
-    assert a.sha256 not in evicted and a.path.exists()
+        store.add_bytes(b"e" * 1000, "e.mp4")
+        assert store.enforce_budget() == []
+    assert a.path.exists() and not d.path.exists()
     store.close()
     assert not store.work_dir.exists()
 

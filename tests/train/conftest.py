@@ -16,13 +16,9 @@ from tests.train.support import SIDE
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and a shared 2-core machine punishes two); the
-    subprocesses get the same count, which bit-identical comparisons need."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def training_on_one_thread(one_thread):
+    """Every training test runs on one torch thread (``one_thread``): tiny models run fastest so, and
+    the subprocesses get the same count, which bit-identical comparisons need."""
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +58,7 @@ def pair_videos(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def motionqa_mix(tmp_path_factory) -> dict[str, Path]:
     """Four 8-s MotionQA clips (64×64) with their conversations, as train and eval data mixes."""
-    from cope.data.motionqa import generate_split
+    from cope.motionqa import generate_split
 
     root = tmp_path_factory.mktemp("motionqa")
     generate_split(root, "train", clips=4, seed=0, size=(SIDE, SIDE), seconds=8)

@@ -31,10 +31,9 @@ def losses(run_dir: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> Path:
-    from cope.data.motionqa import STEP_TEMPLATES, TEMPLATES
-    from cope.data.motionqa_render import COLOURS, SHAPES
     from cope.model.videolm import cope_tiny_init, word_tokenizer
     from cope.model.videolm.builders import DEFAULT_WORDS
+    from cope.motionqa import COLOURS, SHAPES, STEP_TEMPLATES, TEMPLATES
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tiny-recipe")

@@ -12,14 +12,17 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 
+from cope import signals
 from cope.codec.primitives import StreamInfo
 from cope.errors import CopeInputError
+from cope.npz import remove_orphans
 
 # Sources larger than this are refused: decoding them would take minutes and gigabytes for a
 # model that sees 384×384 frames anyway (8K UHD is 7680×4320).
@@ -27,7 +30,7 @@ MAX_SOURCE_SIDE = 8192
 MAX_SOURCE_PIXELS = 8192 * 4352
 MAX_CANONICAL_SIDE = 2048
 # Bump when the canonical encoding changes, so old cache entries are not reused.
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3  # 3: S-frames counted as their own type
 
 
 @dataclass(frozen=True)
@@ -94,12 +97,20 @@ def open_video_stream(path: Path) -> tuple[av.container.InputContainer, av.video
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-        raise CopeInputError(f"{path}: not a readable video ({_reason(exc)})") from None
+        if _mp4_without_moov(path):
+            raise CopeInputError(
+                f"{path}: not a readable video: it looks truncated or unfinished (an MP4/MOV "
+                "without its 'moov' index: a recording or download that did not complete)"
+            ) from exc
+        raise CopeInputError(f"{path}: not a readable video ({_reason(exc)})") from exc
     if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        kinds: list[str] = sorted({str(s.type) for s in container.streams}) or ["no streams"]
         container.close()
         raise CopeInputError(f"{path}: no video stream (found: {', '.join(kinds)})")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # FFmpeg has no decoder for it (or the header is damaged)
+        container.close()
+        raise CopeInputError(f"{path}: the video stream's codec is unknown or its header is damaged")
     width, height = stream.codec_context.width, stream.codec_context.height
     if width > MAX_SOURCE_SIDE or height > MAX_SOURCE_SIDE or width * height > MAX_SOURCE_PIXELS:
         container.close()
@@ -108,6 +119,25 @@ def open_video_stream(path: Path) -> tuple[av.container.InputContainer, av.video
             f"({MAX_SOURCE_SIDE} per side, {MAX_SOURCE_PIXELS} pixels)"
         )
     return container, stream
+
+
+def _mp4_without_moov(path: Path) -> bool:
+    """An ISO-BMFF file (``ftyp`` first) whose top-level boxes hold no ``moov``: the index a
+    recorder writes last, so its absence means the file was never finished."""
+    with open(path, "rb") as f:
+        size = path.stat().st_size
+        position, boxes = 0, list[bytes]()
+        while position + 8 <= size and len(boxes) < 1000:
+            f.seek(position)
+            header = f.read(16)
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if length == 1 and len(header) == 16:  # 64-bit size
+                length = int.from_bytes(header[8:16], "big")
+            boxes.append(kind)
+            if length < 8:  # 0 = "to the end of the file"; anything else smaller is damage
+                break
+            position += length
+    return bool(boxes) and boxes[0] == b"ftyp" and b"moov" not in boxes
 
 
 def _reason(exc: Exception) -> str:
@@ -149,15 +179,19 @@ def transcode(
         except (ValueError, KeyError, TypeError):
             pass  # a damaged or foreign sidecar: transcode again and replace the entry
 
-    source, errors = _encode_canonical(path, settings, cache_dir, video_path, progress)
+    # A SIGKILLed transcode cannot clean up after itself: its successor does.
+    remove_orphans(cache_dir, "*.partial")
+    remove_orphans(cache_dir, ".tmp-*")
+    partial = video_path.with_suffix(f".{os.getpid()}.partial")
+    source, errors = _encode_canonical(path, settings, partial, progress)
     _atomic_write_text(meta_path, json.dumps({"source": source.to_dict(), "decode_errors": errors}))
     # The sidecar is written first; the video's rename below is what completes the entry.
-    os.replace(video_path.with_suffix(".partial"), video_path)
+    os.replace(partial, video_path)
     return CanonicalVideo(video_path, source, settings, errors)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{os.getpid()}-", suffix=path.suffix)
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
@@ -209,13 +243,37 @@ def _open_encoder(output, settings: CanonicalSettings):
     return stream
 
 
-def _encode_canonical(path, settings, cache_dir, video_path, progress) -> tuple[StreamInfo, int]:
+def _encode_canonical(path, settings, partial, progress) -> tuple[StreamInfo, int]:
+    container, stream = open_video_stream(path)
+    try:
+        # Everything read from ``stream`` must happen before ``container.close()``: PyAV's stream
+        # objects point into the container's memory, and reading one afterwards is a use after
+        # free (a one-frame MPEG-TS crashed the process with SIGSEGV that way).
+        return _encode_open(container, stream, path, settings, partial, progress)
+    finally:
+        _quiesce_decoder(stream)
+        container.close()
+
+
+def _quiesce_decoder(stream) -> None:
+    """Let the decoder's frame threads finish before the decoder is freed.
+
+    PyAV frees a decoder holding the GIL and waits for its threads. A thread interrupted mid-frame
+    (Ctrl-C, SIGTERM) may be logging an error through PyAV's Python log callback, waiting for that
+    same GIL: the process hung forever. ``flush_buffers`` waits for the threads without the GIL;
+    by then the C log callback is back (``_encode_open`` restored the level), so they finish.
+    """
+    try:
+        stream.codec_context.flush_buffers()
+    except av.error.FFmpegError:
+        pass
+
+
+def _encode_open(container, stream, path, settings, partial, progress) -> tuple[StreamInfo, int]:
     from tqdm import tqdm
 
-    container, stream = open_video_stream(path)
     stream.thread_type = "AUTO"  # source decoding only: MVs come from the canonical stream
-    source = _SourceCounter(stream)
-    partial = video_path.with_suffix(".partial")
+    source = _SourceCounter(stream, path)
     bar = tqdm(
         total=stream.frames or None,
         unit="frame",
@@ -228,10 +286,11 @@ def _encode_canonical(path, settings, cache_dir, video_path, progress) -> tuple[
     av.logging.set_level(av.logging.ERROR)  # count decoder errors instead of printing them
     try:
         with av.logging.Capture(local=False) as logs, av.open(str(partial), "w", format="mp4") as output:
-            for frame in _decode_tolerant(container, stream, source):
+            for frame in _source_frames(container, stream, source):
                 if graph is None:
                     graph = _build_graph(stream, frame, settings)
                     encoder = _open_encoder(output, settings)
+                signals.check()
                 graph.push(frame)
                 _drain(graph, encoder, output, source, settings.fps)
                 bar.update(1)
@@ -241,31 +300,119 @@ def _encode_canonical(path, settings, cache_dir, video_path, progress) -> tuple[
                 )
             graph.push(None)
             _drain(graph, encoder, output, source, settings.fps)
-            for packet in encoder.encode(None):
+            for packet in encoder.encode(None):  # type: ignore[union-attr]  # opened with the graph
                 output.mux(packet)
+        if not source.encoded:  # the muxer never started: no file was written at all
+            raise CopeInputError(f"{path}: no frame has a usable timestamp ({source.frames} decoded)")
     except BaseException:
         partial.unlink(missing_ok=True)  # never leave a half-written stream behind
         raise
     finally:
         av.logging.set_level(log_level)
         bar.close()
-        container.close()
-    errors = source.lost_packets + sum(1 for level, _, _ in logs if level <= av.logging.ERROR)
-    return source.info(path), errors
+    errors = source.lost_packets + source.bad_timestamps
+    errors += sum(1 for level, _, _ in logs if level <= av.logging.ERROR)
+    return source.info(), errors
+
+
+def _source_frames(container, stream, counter: _SourceCounter):
+    """Every decodable frame of the source, timed so the ``fps`` filter can place it, counted."""
+    for frame in _without_time_spikes(_decode_tolerant(container, stream, counter), counter):
+        _bound_duration(frame)
+        counter.add(frame)
+        yield frame
 
 
 def _decode_tolerant(container, stream, counter: _SourceCounter):
-    """Decode every frame that can be decoded; packets FFmpeg rejects are counted and skipped."""
-    for packet in container.demux(stream):
+    """Decode every frame that can be decoded; packets FFmpeg rejects are counted and skipped.
+
+    Frames without a timestamp (raw H.264/HEVC elementary streams) get one at the stream's
+    nominal rate: the ``fps`` filter drops frames it cannot place in time.
+    """
+    decoded = 0
+    for packet in demux_tolerant(container, stream):
+        if packet is None:  # the rest of the file is unreadable: count it, flush the decoder
+            counter.lost_packets += 1
         try:
-            frames = packet.decode()
+            frames = packet.decode() if packet is not None else stream.codec_context.decode(None)
         except av.error.FFmpegError:  # InvalidDataError and friends: corrupt data
             counter.lost_packets += 1
             continue
         for frame in frames:
-            counter.add(frame)
+            if frame.pts is None:
+                counter.stamp(frame, decoded)
+            decoded += 1
             yield frame
     # demux() ends with an empty packet, whose decode() flushes the frames the decoder still holds.
+
+
+def demux_tolerant(container, stream) -> Iterator:
+    """``container.demux(stream)``, ending where the container is too damaged to read on.
+
+    FFmpeg can fail mid-file (a bit flip in a size field: "Cannot allocate memory", invalid data).
+    What came before is kept, and a final ``None`` tells the caller the rest was unreadable.
+    """
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError:
+            yield None
+            return
+        yield packet
+
+
+# A damaged timestamp far ahead of its neighbours makes the ``fps`` filter fill the gap with
+# copies: one flipped bit in an MPEG-TS turned 9 frames into 357,915 canonical frames (3.3 hours).
+# A frame more than this ahead of the previous one whose successor comes back before it is such
+# a spike; the last frame (no successor to judge by) gets the longer allowance below.
+MAX_SPIKE_S = 1.0
+MAX_LAST_GAP_S = 60.0
+
+
+def _without_time_spikes(frames, counter: _SourceCounter):
+    """Re-time isolated timestamp spikes between their neighbours (counted as damage)."""
+    before = pending = None
+    for frame in frames:
+        if pending is not None:
+            if _is_spike(before, pending, frame.time, MAX_SPIKE_S):
+                _retime(pending, before, frame.pts, counter)
+            yield pending
+            before = pending
+        pending = frame
+    if pending is not None:
+        if _is_spike(before, pending, None, MAX_LAST_GAP_S):
+            _retime(pending, before, None, counter)
+        yield pending
+
+
+def _is_spike(before, frame, next_time: float | None, limit: float) -> bool:
+    if before is None or before.time is None or frame.time is None:
+        return False
+    ahead = frame.time - before.time > limit
+    return ahead and (next_time is None or next_time < frame.time)
+
+
+def _retime(frame, before, next_pts: int | None, counter: _SourceCounter) -> None:
+    step = before.duration or 1
+    if next_pts is not None and next_pts > before.pts:
+        frame.pts = (before.pts + next_pts) // 2
+    else:
+        frame.pts = before.pts + step
+    counter.bad_timestamps += 1
+
+
+# The ``fps`` filter repeats the last frame for its whole duration. A damaged header can claim
+# hours for it (a bit flip in a MOV turned 6 frames into 131,073 canonical frames), so no frame
+# may last longer than this; a slideshow's last slide is then shown for 1 s.
+MAX_FRAME_DURATION_S = 1.0
+
+
+def _bound_duration(frame) -> None:
+    if frame.duration and frame.time_base and frame.duration * frame.time_base > MAX_FRAME_DURATION_S:
+        frame.duration = int(MAX_FRAME_DURATION_S / frame.time_base)
 
 
 def _drain(graph, encoder, output, counter, fps: int) -> None:
@@ -284,42 +431,61 @@ def _drain(graph, encoder, output, counter, fps: int) -> None:
 
 
 class _SourceCounter:
-    """Collects the source ``StreamInfo`` while its frames are decoded for transcoding."""
+    """Collects the source ``StreamInfo`` while its frames are decoded for transcoding.
 
-    def __init__(self, stream):
-        self.stream = stream
+    It copies what it needs from the stream at once and keeps no PyAV object, so the summary
+    can never read a closed container.
+    """
+
+    def __init__(self, stream, path: Path):
+        self.path = path
+        self.codec = stream.codec_context.name
+        self.width, self.height = stream.codec_context.width, stream.codec_context.height
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        self.fps = float(rate) if rate else 0.0
+        # A raw elementary stream's average rate is the demuxer's default (25); the codec's own
+        # timing info (guessed_rate) is the better guess when frames carry no timestamps.
+        nominal = stream.guessed_rate or stream.average_rate or stream.base_rate
+        self.nominal_rate = Fraction(nominal) if nominal else None
         self.types = {"I": 0, "P": 0, "B": 0}
         self.first_time = self.last_time = None
-        self.frames = self.encoded = self.lost_packets = 0
+        self.frames = self.encoded = self.lost_packets = self.bad_timestamps = 0
+
+    def stamp(self, frame, index: int) -> None:
+        """Give an untimed frame the timestamp of its position ``index`` at the nominal rate."""
+        if self.nominal_rate is None or frame.time_base is None:
+            raise CopeInputError(f"{self.path}: the video stream has neither timestamps nor a frame rate")
+        frame.pts = round(index / (self.nominal_rate * frame.time_base))
+        self.fps = float(self.nominal_rate)
 
     def add(self, frame) -> None:
         self.frames += 1
+        self.width, self.height = frame.width, frame.height
         kind = av.video.frame.PictureType(int(frame.pict_type)).name
-        # SI/SP (H.264 switching slices) and S (MPEG-4 sprite) frames count with their base type.
-        kind = {"SI": "I", "SP": "P", "S": "P", "BI": "B", "NONE": "P"}.get(kind, kind)
+        # SI/SP (H.264 switching slices) count with their base type; S (MPEG-4 GMC sprite) frames
+        # are their own type: they carry global motion, not P-frame block vectors.
+        kind = {"SI": "I", "SP": "P", "BI": "B", "NONE": "P"}.get(kind, kind)
         self.types[kind] = self.types.get(kind, 0) + 1
         if frame.time is not None:
             if self.first_time is None:
                 self.first_time = frame.time
             self.last_time = frame.time
 
-    def info(self, path: Path) -> StreamInfo:
-        stream = self.stream
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        fps = float(rate) if rate else 0.0
+    def info(self) -> StreamInfo:
+        fps = self.fps
         if self.first_time is not None and self.last_time is not None and fps > 0:
             duration = self.last_time - self.first_time + 1.0 / fps
         else:
             duration = self.frames / fps if fps else 0.0
         return StreamInfo(
-            codec=stream.codec_context.name,
-            width=stream.codec_context.width,
-            height=stream.codec_context.height,
+            codec=self.codec,
+            width=self.width,
+            height=self.height,
             fps=fps,
             frames=self.frames,
             duration_s=float(duration),
             gops=self.types["I"],
-            frame_types={k: int(self.types.get(k, 0)) for k in ("I", "P", "B")},
+            frame_types={k: int(n) for k, n in self.types.items() if n or k in ("I", "P", "B")},
         )
 
 

@@ -45,14 +45,16 @@ def exact_residual(current: DecodedFrame, previous: DecodedFrame) -> tuple[np.nd
     by the same swscale path as the decoded frame, so prediction + residual == decoded RGB frame.
     Intra macroblocks predict black: their residual is the whole block.
     """
-    frame = current.frame
-    pred_yuv = predict_frame(previous.yuv, current.motion, current.rounding)
+    frame, motion = current.frame, current.motion
+    if motion is None:
+        raise ValueError(f"frame {current.index} is not a P-frame: it has no motion to rebuild")
+    pred_yuv = predict_frame(previous.yuv, motion, current.rounding)
     planes = tuple(np.clip(p, 0, 255).astype(np.uint8) for p in pred_yuv)
     pred_rgb = yuv_to_rgb(planes, frame.width, frame.height).astype(np.int16)
-    intra = np.repeat(np.repeat(current.motion.intra, 16, 0), 16, 1)[: frame.height, : frame.width]
+    intra = np.repeat(np.repeat(motion.intra, 16, 0), 16, 1)[: frame.height, : frame.width]
     pred_rgb[intra] = 0
     residual = current.rgb().astype(np.int16) - pred_rgb
-    return dense_motion_field(current.motion, frame.height, frame.width), residual
+    return dense_motion_field(motion, frame.height, frame.width), residual
 
 
 class CodecVideo:
@@ -63,6 +65,12 @@ class CodecVideo:
         self.source = source
         self.canonical = canonical  # None when the input's own stream is used (--no-transcode)
         self.scan: StreamScan = reader.scan()
+
+    @property
+    def decode_errors(self) -> int:
+        """Damage met so far: in the source while transcoding, and in the stream read since."""
+        transcoding = self.canonical.decode_errors if self.canonical is not None else 0
+        return transcoding + self.reader.decode_errors + self.reader.unreadable_packets
 
     @property
     def info(self) -> StreamInfo:
@@ -77,21 +85,33 @@ class CodecVideo:
         starts = self.scan.gop_starts + [self.scan.num_frames]
         return max(b - a for a, b in zip(starts, starts[1:], strict=False))
 
-    def _nominal_gop(self, fusion: int) -> int:
-        return math.ceil(self.gop_size / fusion) * fusion
+    def plan_gop(self, fusion: int) -> int:
+        """The GOP the plan rules apply to.
+
+        A transcoded stream has the GOP the user chose, so ``fusion`` must divide it. The input's
+        own stream (``--no-transcode``) may have GOPs of any length: its longest GOP is rounded
+        up to a multiple of ``fusion``.
+        """
+        if self.canonical is not None and self.canonical.settings is not None:
+            return self.canonical.settings.gop
+        if isinstance(fusion, int) and fusion >= 1:
+            return math.ceil(self.gop_size / fusion) * fusion
+        return self.gop_size  # an invalid fusion: check_plan_options says why
 
     def plan(self, fusion: int = 30, keyframes_per_gop: int = 1, max_gops: int = MAX_GOPS) -> TokenPlan:
+        """The CoPE plan; ``ValueError`` (one line, ``check_plan_options``) for invalid options."""
         return cope_plan(
             self.scan.num_frames,
             self.scan.gop_starts,
-            self._nominal_gop(fusion),
+            self.plan_gop(fusion),
             fusion,
             keyframes_per_gop,
             max_gops,
         )
 
     def standard_plans(self, fusion: int = 30) -> dict[str, TokenPlan]:
-        return standard_plans(self.scan.num_frames, self.scan.gop_starts, self._nominal_gop(fusion), fusion)
+        """dense64 and cope_k1/k2/k4; a K that does not divide the GOP's slots is left out."""
+        return standard_plans(self.scan.num_frames, self.scan.gop_starts, self.plan_gop(fusion), fusion)
 
     def entries(
         self, plan: TokenPlan, with_rgb: bool = False, progress: bool = False
@@ -106,13 +126,16 @@ class CodecVideo:
         total = sum(bounds[g + 1] - bounds[g] for g in gops)
         height, width = self.info.height, self.info.width
         accumulator = MotionAccumulator(height, width)
-        reference_rgb = previous = None
+        reference_rgb = previous = reference_index = None
+        broken = False  # a frame since the last entry was lost: the motion chain has a hole
         with tqdm(total=total, unit="frame", desc="extract", disable=not progress, leave=False) as bar:
             for frame in self.reader.frames(gops):
                 bar.update(1)
+                if previous is not None and frame.gop == previous.gop and frame.index != previous.index + 1:
+                    broken = True
                 entry = wanted.get(frame.index)
                 fused = entry is not None and entry.kind == "P" and entry.ref_index != frame.index - 1
-                if frame.frame_type == "P" and (entry is None or fused):
+                if frame.motion is not None and (entry is None or fused):  # P-frames carry motion
                     accumulator.add(frame.motion)
                 if entry is None:
                     previous = frame
@@ -120,18 +143,26 @@ class CodecVideo:
                 rgb = frame.rgb()
                 if entry.kind == "I":
                     yield IFrame(frame.index, frame.pts, frame.gop, rgb)
+                elif (
+                    broken
+                    or reference_index is None
+                    or reference_index != entry.ref_index
+                    or reference_rgb is None
+                    or previous is None
+                ):
+                    pass  # its reference or a frame in between was lost: no honest Δ exists
                 else:
                     if fused:
                         mv, intra = accumulator.dense(), None
                         residual = fused_residual(rgb, reference_rgb, mv)
                     else:
                         mv, residual = exact_residual(frame, previous)
-                        intra = frame.motion.intra.copy()
+                        intra = frame.motion.intra.copy() if frame.motion is not None else None
                     kept_rgb = rgb if with_rgb else None
                     yield PFrame(
-                        frame.index, entry.ref_index, frame.pts, frame.gop, mv, residual, kept_rgb, intra
+                        frame.index, reference_index, frame.pts, frame.gop, mv, residual, kept_rgb, intra
                     )
-                reference_rgb, previous = rgb, frame
+                reference_rgb, reference_index, previous, broken = rgb, frame.index, frame, False
                 accumulator.reset()
 
     def gops(self, plan: TokenPlan, with_rgb: bool = False, progress: bool = False) -> Iterator[Gop]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cope.codec import kernels
 from cope.codec.residual import MacroblockMotion
 
 MOTION_CELL = 4  # pixels; divides 8, so a cell never straddles two codec blocks
@@ -54,7 +55,18 @@ class MotionAccumulator:
         return cells[: self.rows, : self.cols]
 
     def add(self, motion: MacroblockMotion) -> None:
-        """Compose one more P-frame (its motion is relative to the previous decoded frame)."""
+        """Compose one more P-frame (its motion is relative to the previous decoded frame).
+
+        Runs the compiled ``kernels.compose_cells`` where numba is installed, else ``add_reference``.
+        """
+        if kernels.ENABLED:
+            self.field = kernels.compose_cells(self.field, motion.mv8, motion.intra, self.cell)
+            self.steps += 1
+        else:
+            self.add_reference(motion)
+
+    def add_reference(self, motion: MacroblockMotion) -> None:
+        """``add`` in numpy: the reference the compiled kernel is tested against."""
         m = self._cell_motion(motion)
         # Where each cell centre came from in the previous frame, as the nearest cell index.
         src_y = np.rint((self.centre_y + m[..., 1] - (self.cell - 1) / 2.0) / self.cell).astype(np.int64)
@@ -100,6 +112,20 @@ def warp_bilinear(image: np.ndarray, field: np.ndarray) -> np.ndarray:
 
 
 def fused_residual(current_rgb: np.ndarray, reference_rgb: np.ndarray, field: np.ndarray) -> np.ndarray:
-    """Frame t minus frame t−s warped by the accumulated field: (H, W, 3) int16 in −255…255."""
+    """Frame t minus frame t−s warped by the accumulated field: (H, W, 3) int16 in −255…255.
+
+    Runs the compiled ``kernels.fused_residual`` where numba is installed, else the reference.
+    """
+    if kernels.ENABLED:
+        return kernels.fused_residual(
+            current_rgb, reference_rgb, np.ascontiguousarray(field, dtype=np.float32)
+        )
+    return fused_residual_reference(current_rgb, reference_rgb, field)
+
+
+def fused_residual_reference(
+    current_rgb: np.ndarray, reference_rgb: np.ndarray, field: np.ndarray
+) -> np.ndarray:
+    """``fused_residual`` in numpy (``warp_bilinear``): the reference of the compiled kernel."""
     predicted = np.rint(warp_bilinear(reference_rgb, field)).astype(np.int16)
     return current_rgb.astype(np.int16) - predicted

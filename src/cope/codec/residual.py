@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cope.codec import kernels
+
 # H.263 chroma rounding of the sum of four luma half-pel vectors (sixteenths of a chroma half-pel
 # step, ISO/IEC 14496-2 Table 7-9): index = sum mod 16.
 _CHROMA_4MV_ROUNDING = np.array([0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1], dtype=np.int32)
@@ -50,8 +52,18 @@ def macroblock_motion(mvs: np.ndarray | None, mb_rows: int, mb_cols: int) -> Mac
     ``mvs`` is the structured array from PyAV (fields w, h, dst_x, dst_y, motion_x, motion_y,
     motion_scale, source). ``dst`` is the block centre in the current frame and the reference
     position is ``dst + motion / motion_scale``, so ``motion_x`` is already in half-pel units
-    when ``motion_scale`` is 2. Macroblocks without an entry are intra-coded.
+    when ``motion_scale`` is 2. Macroblocks without an entry are intra-coded. Runs the compiled
+    ``kernels.arrange_macroblocks`` where numba is installed, else ``macroblock_motion_reference``.
     """
+    if kernels.ENABLED and mvs is not None and len(mvs):
+        fields = (mvs[name] for name in ("source", "w", "dst_x", "dst_y", "motion_x", "motion_y"))
+        mv8, intra, four_mv = kernels.arrange_macroblocks(*fields, mb_rows, mb_cols)
+        return MacroblockMotion(mv8=mv8, intra=intra, four_mv=four_mv)
+    return macroblock_motion_reference(mvs, mb_rows, mb_cols)
+
+
+def macroblock_motion_reference(mvs: np.ndarray | None, mb_rows: int, mb_cols: int) -> MacroblockMotion:
+    """``macroblock_motion`` in numpy: the reference the compiled kernel is tested against."""
     mv8 = np.zeros((mb_rows, mb_cols, 4, 2), dtype=np.int32)
     covered = np.zeros((mb_rows, mb_cols, 4), dtype=bool)
     four_mv = np.zeros((mb_rows, mb_cols), dtype=bool)
@@ -73,7 +85,7 @@ def macroblock_motion(mvs: np.ndarray | None, mb_rows: int, mb_cols: int) -> Mac
         mv8[mb_y[small], mb_x[small], quadrant] = motion[small]
         covered[mb_y[small], mb_x[small], quadrant] = True
         four_mv[mb_y[small], mb_x[small]] = True
-    intra = ~covered.all(axis=-1)
+    intra = np.asarray(~covered.all(axis=-1))
     mv8[intra] = 0
     return MacroblockMotion(mv8=mv8, intra=intra, four_mv=four_mv & ~intra)
 

@@ -40,6 +40,12 @@ def register(commands) -> None:
         "parameters, weight and KV-cache sizes (with --device meta nothing is allocated)",
     )
     parser.add_argument("--video", help="video to read (default: the bundled sample)")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="every run reads the video as if for the first time (CoPE: transcode into an empty cache; "
+        "dense64: frames sought in the file) and reports codec_s and cold_ttft_s = codec_s + ttft_s",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per config, after one warm-up (3)")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per run, EOS ignored (64)")
     parser.add_argument(
@@ -109,6 +115,7 @@ def cmd_bench(args) -> int:
             new_tokens=args.new_tokens,
             measure_memory=not args.no_memory,
             progress=True,
+            cold=args.cold,
         )
     finally:
         torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)

@@ -40,13 +40,13 @@ def cmd_budget(args) -> int:
     try:
         budgets = tuple(parse_budget(b) for b in args.budgets.split(",") if b.strip())
     except ValueError as exc:
-        raise CopeInputError(f"--budgets: {exc}") from None
+        raise CopeInputError(f"--budgets: {exc}") from exc
     if not budgets:
         raise CopeInputError("--budgets: give at least one budget")
     try:
         table = budget_table(budgets, args.accounting, args.fusion)
     except ValueError as exc:
-        raise CopeInputError(f"--fusion: {exc}") from None
+        raise CopeInputError(f"--fusion: {exc}") from exc
     if args.plot:
         out = Path(args.plot)
         if out.exists() and not args.overwrite:

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 
 from cope.errors import CopeInputError
+from cope.hub import atomic_path, atomic_write_text
+from cope.plan import MODES
 
 LMMS_INSTALL = "pip install --no-deps lmms-eval==0.7.3 && pip install -e '.[eval]'"
 
@@ -31,7 +33,7 @@ def register(commands) -> None:
     parser.add_argument("--model", help="checkpoint dir or hub id (default: the bundled model)")
     parser.add_argument(
         "--mode",
-        choices=("cope", "iframes-only", "dense", "delta-zero"),
+        choices=MODES,
         help="how the video is read (default: the model's)",
     )
     parser.add_argument("--keyframes-per-gop", type=int, help="RGB keyframes per GOP (default: the model's)")
@@ -67,6 +69,7 @@ def cmd_eval(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise CopeInputError(f"--limit must be at least 1, got {args.limit}")
     out = _check_out(args)
+    _check_plan(args)
     samples = None
     if args.task is not None:
         from cope.eval.local import load_local_task
@@ -81,6 +84,17 @@ def cmd_eval(args) -> int:
     report = _run_local(args, model, samples, out)
     print(json.dumps(report) if args.json else _format_local(report))
     return 0
+
+
+def _check_plan(args) -> None:
+    """Fusion / K / GOP cap against the model's GOP, by the rules every command uses, before the
+    weights load (the model's config.json alone is read)."""
+    from cope.commands.ask import check_plan_up_front
+    from cope.model.videolm import CopeConfig, resolve_model
+
+    if args.max_gops is not None and args.max_gops < 1:
+        raise CopeInputError(f"max GOPs must be ≥ 1, got {args.max_gops}")
+    check_plan_up_front(CopeConfig.from_pretrained(resolve_model(args.model)), args)
 
 
 def _check_out(args) -> Path | None:
@@ -114,9 +128,13 @@ def _run_local(args, model, samples, out: Path | None) -> dict:
     from cope.eval.local import evaluate_local, summarize
 
     records = []
-    partial = out.with_name(out.name + ".partial") if out else None
-    sink = partial.open("w", encoding="utf-8") if partial else None
-    try:
+    with contextlib.ExitStack() as stack:
+        # The predictions appear under --out only once complete (an interrupted run leaves nothing).
+        sink = (
+            stack.enter_context(stack.enter_context(atomic_path(out)).open("w", encoding="utf-8"))
+            if out
+            else None
+        )
         for record in evaluate_local(
             model,
             samples,
@@ -131,11 +149,6 @@ def _run_local(args, model, samples, out: Path | None) -> dict:
             if sink:
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
-    finally:
-        if sink:
-            sink.close()
-    if partial:
-        partial.replace(out)  # the predictions appear only once complete
     for record in records:
         if "error" in record:
             print(f"cope: warning: {record['error']} (scored wrong)", file=sys.stderr)
@@ -177,7 +190,7 @@ def _plan_lmms(args, samples) -> tuple[list[str], list[str], object]:
     except ImportError as exc:
         raise CopeInputError(
             f"--lmms-tasks needs lmms-eval ({exc}); install it with: {LMMS_INSTALL}"
-        ) from None
+        ) from exc
     from loguru import logger
 
     from cope.eval.lmms_registry import LOCAL_TASKS, local_task_manager
@@ -226,12 +239,12 @@ def _run_lmms(args, model, samples, out: Path | None, names, local, manager) -> 
 
 
 def _write_lmms_samples(samples_by_task: dict, out: Path) -> None:
-    partial = out.with_name(out.name + ".partial")
-    with partial.open("w", encoding="utf-8") as f:
-        for task, samples in samples_by_task.items():
-            for sample in samples:
-                f.write(json.dumps({"task": task, **sample}, default=str) + "\n")
-    partial.replace(out)
+    lines = (
+        json.dumps({"task": task, **sample}, default=str) + "\n"
+        for task, samples in samples_by_task.items()
+        for sample in samples
+    )
+    atomic_write_text(out, "".join(lines))
 
 
 def _format_lmms(report: dict) -> str:

@@ -37,10 +37,10 @@ def read_requests(path: Path, question: str | None) -> list[dict]:
     """The list file → [{"video", "question", …}] in order."""
     try:
         lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise CopeInputError(f"{path}: no such file") from None
+    except FileNotFoundError as exc:
+        raise CopeInputError(f"{path}: no such file") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise CopeInputError(f"{path}: cannot read the list ({exc})") from None
+        raise CopeInputError(f"{path}: cannot read the list ({exc})") from exc
     requests = []
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
@@ -50,7 +50,7 @@ def read_requests(path: Path, question: str | None) -> list[dict]:
             try:
                 item = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise CopeInputError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+                raise CopeInputError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
             if not isinstance(item.get("video"), str):
                 raise CopeInputError(f'{path}:{number}: a JSON line needs a "video" string')
         else:
@@ -85,12 +85,12 @@ def read_done(out: Path, retry_errors: bool) -> set[tuple[str, str]]:
             record = json.loads(line)
             if not isinstance(record, dict) or "video" not in record or "question" not in record:
                 raise ValueError
-        except ValueError:
+        except ValueError as exc:
             if number == len(lines) and not text.endswith("\n"):
                 break  # the last line of a run killed mid-write
             raise CopeInputError(
                 f"{out}:{number}: not a `cope infer` output line; refusing to append to it"
-            ) from None
+            ) from exc
         records.append(record)
         if not (retry_errors and "error" in record):
             kept.append(line)
@@ -130,7 +130,7 @@ def cmd_infer(args) -> int:
                     last_video, encoded, video_error = video_path, None, None
                     try:
                         video = open_model_video(config, video_path, args)
-                        check_sampling(config, video, args)
+                        check_sampling(config, video, args, video_path)
                         encoded = model.encode_video(video, args.mode, **sampling_options(args))
                     except CopeInputError as exc:
                         video_error = exc

@@ -13,7 +13,7 @@ from pathlib import Path
 from cope.commands.common import Parser, parse_size
 from cope.errors import CopeInputError
 
-SPLITS = ("train", "val", "test")  # cope.data.motionqa.SPLITS, repeated so --help needs no numpy import
+SPLITS = ("train", "val", "test")  # cope.motionqa.SPLITS, repeated so --help needs no numpy import
 
 
 def register(commands) -> None:
@@ -81,7 +81,7 @@ def cmd_pretrain_tower(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from cope.data.motionqa import generate_split
+    from cope.motionqa import generate_split
 
     summary = generate_split(
         args.out,
@@ -106,7 +106,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from cope.data.motionqa import OBJECT_ANSWER_TYPES, load_split, question_stats
+    from cope.motionqa import OBJECT_ANSWER_TYPES, load_split, question_stats
 
     stats = question_stats(load_split(args.dir, args.split))
     if args.json:
@@ -131,7 +131,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from cope.data.motionqa import motion_vector_agreement
+    from cope.motionqa import motion_vector_agreement
 
     if args.clips is not None and args.clips < 1:
         raise CopeInputError(f"--clips must be at least 1, got {args.clips}")

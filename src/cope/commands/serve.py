@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -60,6 +61,58 @@ def register(commands) -> None:
     limits.add_argument(
         "--cache-mb", type=float, default=2048, help="disk for uploads + transcodes (default: 2048)"
     )
+    limits.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=None,
+        help="most prompt positions (text + video, all turns) per request; more gets 400 "
+        "context_length_exceeded (default: the model's context minus --max-tokens, or half the "
+        "context if --max-tokens is not smaller)",
+    )
+    limits.add_argument(
+        "--prefill-chunk-tokens",
+        type=int,
+        default=256,
+        help="prompt positions per prefill forward; a timeout or disconnect is noticed between chunks "
+        "(default: 256)",
+    )
+    limits.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=60,
+        help="a request body must arrive within this many seconds (408 beyond; default: 60)",
+    )
+    limits.add_argument(
+        "--max-connections", type=int, default=64, help="open connections at once (503 beyond; default: 64)"
+    )
+    access = parser.add_argument_group("access")
+    access.add_argument(
+        "--api-key",
+        default=os.environ.get("COPE_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on the API (default: $COPE_API_KEY, which is better: "
+        "other users can read command lines; unset: no key)",
+    )
+    access.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow listening on a non-loopback address without an API key",
+    )
+    access.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header is NAME, e.g. a DNS name behind a proxy "
+        "(repeatable; '*' = any; default: the --host address, plus loopback names on loopback)",
+    )
+    access.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. https://app.example) call the API "
+        "(repeatable; '*' = any; default: same-origin only)",
+    )
     parser.set_defaults(func=cmd_serve)
 
 
@@ -67,11 +120,22 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from cope.serve.app import create_app
+    from cope.serve.guard import is_loopback
     from cope.serve.server import uvicorn_config
 
     for directory in args.allow_dir:
         if not directory.is_dir():
             raise CopeInputError(f"{directory}: --allow-dir must be an existing directory")
+    if not args.api_key and not is_loopback(args.host):
+        if not args.insecure_no_auth:
+            raise CopeInputError(
+                f"--host {args.host} is reachable from other machines: set --api-key (or COPE_API_KEY), "
+                "or pass --insecure-no-auth"
+            )
+        print(
+            f"cope serve: warning: no API key, and {args.host} is reachable from other machines",
+            file=sys.stderr,
+        )
     listener = _bind(args.host, args.port)  # fail fast, before loading the model
     try:
         settings, model = _load(args)
@@ -106,11 +170,19 @@ def _load(args):
         cache_max_bytes=int(args.cache_mb * MiB),
         max_tokens_limit=args.max_tokens,
         default_max_tokens=min(256, args.max_tokens),
+        max_prompt_tokens=args.max_prompt_tokens,
+        body_timeout_s=args.body_timeout_s,
+        prefill_chunk_tokens=args.prefill_chunk_tokens,
+        max_connections=args.max_connections,
+        bind_host=args.host,
+        allowed_hosts=tuple(args.allowed_host),
+        cors_origins=tuple(args.cors_origin),
+        api_key=args.api_key or None,
     )
     try:
         settings.validate()
     except ValueError as exc:
-        raise CopeInputError(f"cope serve: {exc}") from None
+        raise CopeInputError(f"cope serve: {exc}") from exc
     print(f"cope serve: loading {model_path} …", file=sys.stderr)
     return settings, CopeVideoLM.from_pretrained(model_path, device=args.device, dtype=args.dtype)
 
@@ -124,7 +196,7 @@ def _bind(host: str, port: int) -> socket.socket:
         listener.listen(128)  # clients connecting before uvicorn starts wait in the backlog
     except OSError as exc:
         listener.close()
-        raise CopeInputError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+        raise CopeInputError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from exc
     return listener
 
 

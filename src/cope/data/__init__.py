@@ -1,1 +1,1 @@
-"""Data: the MotionQA synthetic benchmark, stage-1 frame pairs, stage-2 instruction data, the preprocessing cache."""
+"""Data: stage-1 frame pairs, stage-2 instruction data, the preprocessing cache."""

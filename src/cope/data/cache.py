@@ -92,7 +92,7 @@ class CacheSettings:
         try:
             keyframe_spacing(self.canonical.gop, self.fusion, 1)
         except ValueError as exc:
-            raise CopeInputError(str(exc)) from None
+            raise CopeInputError(str(exc)) from exc
 
     def to_dict(self) -> dict:
         return {"canonical": asdict(self.canonical), "fusion": self.fusion, "max_gops": self.max_gops}
@@ -138,7 +138,7 @@ class SlotEntry:
     residual: np.ndarray  # (nΔ, H, W, 3) int16
     gop_starts: list[int]
     num_frames: int
-    gop_size: int  # nominal GOP the plans use (CodecVideo._nominal_gop)
+    gop_size: int  # nominal GOP the plans use (CodecVideo.plan_gop)
     fusion: int
 
     @classmethod
@@ -240,7 +240,7 @@ def read_cache_info(directory: Path) -> CacheSettings | None:
         version = info["version"]
         settings = CacheSettings.from_dict(info["settings"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise CopeInputError(f"{path}: not a cope cache description ({exc})") from None
+        raise CopeInputError(f"{path}: not a cope cache description ({exc})") from exc
     if version != CACHE_FORMAT_VERSION:
         raise CopeInputError(f"{path}: cache format {version}, this cope reads {CACHE_FORMAT_VERSION}")
     return settings
@@ -274,8 +274,8 @@ def read_manifest(directory: Path) -> list[dict]:
                 break  # only the last line can be torn: appends are sequential
             try:
                 records.append(json.loads(line))
-            except ValueError:
-                raise CopeInputError(f"{path}: line {len(records) + 1} is not JSON") from None
+            except ValueError as exc:
+                raise CopeInputError(f"{path}: line {len(records) + 1} is not JSON") from exc
     return records
 
 

@@ -132,7 +132,7 @@ def load_records(path: str | os.PathLike) -> list[dict]:
                 raise CopeInputError(f"{path}: expected a JSON list of records")
             raws = [(f"{path}[{i}]", raw) for i, raw in enumerate(data)]
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CopeInputError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+        raise CopeInputError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from exc
     if not raws:
         raise CopeInputError(f"{path}: holds no records")
     return [normalise_record(raw, where) for where, raw in raws]
@@ -182,7 +182,7 @@ def load_mix(path: str | os.PathLike) -> list[MixSource]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CopeInputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise CopeInputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
     if not isinstance(data, dict) or not isinstance(data.get("sources"), list) or not data["sources"]:
         raise CopeInputError(f"{path}: expected a mapping with a non-empty 'sources' list")
     sources = []

@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from cope.codec.canonical import CanonicalSettings
 from cope.errors import CopeInputError
+from cope.hub import save_safetensors
 
 VIDEO_SUFFIXES = {
     ".mp4",
@@ -69,11 +70,12 @@ class PairDataConfig:
     transcode_cache: str = ""  # canonical-stream cache (default: ~/.cache/cope, or $COPE_CACHE_DIR)
     fusion: int = 30  # s: frames between the reference and the target (30 = 1 s at 30 fps)
     max_gops: int = 64  # GOPs per video (uniformly spread beyond)
-    fps: int = 30  # canonical stream (paper: 30 fps, GOP 240, 384×384)
-    gop: int = 240
-    width: int = 384
-    height: int = 384
-    quantizer: int = 3
+    # The canonical stream (defaults: the paper's, ``CanonicalSettings``).
+    fps: int = CanonicalSettings.fps
+    gop: int = CanonicalSettings.gop
+    width: int = CanonicalSettings.width
+    height: int = CanonicalSettings.height
+    quantizer: int = CanonicalSettings.quantizer
     # Feature cache: compute the tower's tokens of every slot once (fast training, disk cost
     # n·T·d per video) instead of running the tower on both frames of every pair, every step.
     precompute_features: bool = True
@@ -88,9 +90,7 @@ class PairDataConfig:
                 f"data.feature_dtype must be one of {list(FEATURE_DTYPES)}, got {self.feature_dtype!r}"
             )
 
-    def canonical(self):
-        from cope.codec.canonical import CanonicalSettings
-
+    def canonical(self) -> CanonicalSettings:
         return CanonicalSettings(self.fps, self.gop, self.width, self.height, self.quantizer)
 
     def settings_key(self) -> str:
@@ -143,7 +143,7 @@ def video_key(path: Path) -> str:
     try:
         stat = Path(path).stat()
     except OSError as exc:
-        raise CopeInputError(f"{path}: cannot read ({exc.strerror})") from None
+        raise CopeInputError(f"{path}: cannot read ({exc.strerror})") from exc
     text = f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -156,13 +156,6 @@ def store_file(config: PairDataConfig, path: Path) -> Path:
 # Building the store
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
 def _slots_from_codec(video_path: Path, config: PairDataConfig) -> dict[str, np.ndarray]:
     from cope.codec.extract import open_video
     from cope.codec.primitives import IFrame
@@ -171,7 +164,7 @@ def _slots_from_codec(video_path: Path, config: PairDataConfig) -> dict[str, np.
     try:
         plan = video.plan(fusion=config.fusion, keyframes_per_gop=1, max_gops=config.max_gops)
     except ValueError as exc:
-        raise CopeInputError(f"{video_path}: {exc}") from None
+        raise CopeInputError(f"{video_path}: {exc}") from exc
     slot_index, rgb, delta_slot, mv, residual = [], [], [], [], []
     for entry in video.entries(plan, with_rgb=True):
         if not isinstance(entry, IFrame):
@@ -236,6 +229,7 @@ def build_pair_store(
     from tqdm import tqdm
 
     store = config.store()
+    store.mkdir(parents=True, exist_ok=True)
     cache = _open_slot_cache(config)
     failures: dict[Path, str] = {}
     todo = []
@@ -254,7 +248,7 @@ def build_pair_store(
             failures[path] = str(exc)
             continue
         tensors = {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()}
-        _atomic_save(tensors, store / f"{video_key(path)}.safetensors", {"source": str(path)})
+        save_safetensors(tensors, store / f"{video_key(path)}.safetensors", {"source": str(path)})
     return failures
 
 
@@ -291,6 +285,7 @@ def build_feature_cache(
     from cope.model.delta import frame_tokens
 
     out_dir = feature_dir(config, key)
+    out_dir.mkdir(parents=True, exist_ok=True)
     dtype = FEATURE_DTYPES[config.feature_dtype]
     mine = [v for i, v in enumerate(videos) if i % world == rank]
     todo = [v for v in mine if not (out_dir / f"{video_key(v)}.safetensors").exists()]
@@ -302,7 +297,9 @@ def build_feature_cache(
             for i in range(0, len(rgb), config.feature_batch_size)
         ]
         tokens = torch.cat(chunks).to("cpu", dtype).contiguous()
-        _atomic_save({"tokens": tokens}, out_dir / f"{video_key(path)}.safetensors", {"source": str(path)})
+        save_safetensors(
+            {"tokens": tokens}, out_dir / f"{video_key(path)}.safetensors", {"source": str(path)}
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,6 +408,19 @@ def resolve_split(config: PairDataConfig) -> tuple[list[Path], list[Path]]:
     return split_videos(videos, config.eval_fraction)
 
 
+def _usable(config: PairDataConfig, paths: list[Path]) -> list[Path]:
+    """The videos whose store file exists and holds at least one pair."""
+    found = []
+    for path in paths:
+        try:
+            file = store_file(config, path)
+        except CopeInputError:
+            continue
+        if file.exists() and _has_pairs(file):
+            found.append(path)
+    return found
+
+
 def prepare_pairs(
     config: PairDataConfig,
     accelerator=None,
@@ -432,18 +442,7 @@ def prepare_pairs(
     if accelerator is not None:
         accelerator.wait_for_everyone()
 
-    def usable(paths):
-        found = []
-        for path in paths:
-            try:
-                file = store_file(config, path)
-            except CopeInputError:
-                continue
-            if file.exists() and _has_pairs(file):
-                found.append(path)
-        return found
-
-    train_videos, eval_videos = usable(train_videos), usable(eval_videos)
+    train_videos, eval_videos = _usable(config, train_videos), _usable(config, eval_videos)
     if not train_videos:
         raise CopeInputError(
             f"{config.videos}: no training video yields a frame pair (fusion {config.fusion})"

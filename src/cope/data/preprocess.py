@@ -25,7 +25,9 @@ import fcntl
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -47,6 +49,7 @@ from cope.data.cache import (
     write_entry,
 )
 from cope.errors import CopeInputError
+from cope.npz import remove_orphans
 
 WORK_DIR = ".work"
 DEFAULT_SHARD_BYTES = 1 << 30  # 1 GiB: few files on a cluster FS, yet little lost to a crash
@@ -154,10 +157,10 @@ def read_video_list(path: Path) -> list[str]:
         raise CopeInputError(f"{path}: is a directory, not a list of videos")
     try:
         text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise CopeInputError(f"{path}: not a UTF-8 text file (expected one video path per line)") from None
+    except UnicodeDecodeError as exc:
+        raise CopeInputError(f"{path}: not a UTF-8 text file (expected one video path per line)") from exc
     except OSError as exc:
-        raise CopeInputError(f"{path}: cannot read ({exc.strerror})") from None
+        raise CopeInputError(f"{path}: cannot read ({exc.strerror})") from exc
     sources: dict[str, None] = {}
     for line in text.splitlines():
         line = line.strip()
@@ -175,17 +178,33 @@ def read_video_list(path: Path) -> list[str]:
 def run_local(task: Callable, sources: list[str], args: tuple, workers: int) -> Iterator[VideoResult]:
     """In this process (1 worker) or a spawn-started process pool, at most 2×workers in flight.
 
-    A worker that dies (a crash inside FFmpeg, the OOM killer) breaks the pool: the videos in
-    flight are reported failed with that reason and a fresh pool takes the rest.
+    A worker that dies (a crash inside FFmpeg, the OOM killer) breaks the pool and every video in
+    flight with it. Those videos are retried one by one, each alone in its own process, so only
+    the one that crashes is reported failed; a fresh pool takes the rest. Workers die with the
+    driver, and an interrupted driver kills them at once.
     """
     if workers <= 1:
         for source in sources:
             yield task(source, *args)
         return
-    pending = list(reversed(sources))
+    suspects: list[str] = []
+    yield from _run_pool(task, sources, args, workers, suspects)
+    for source in suspects:
+        yield _run_alone(task, source, args)
+
+
+def _new_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("spawn")  # no fork: safe with threads, same on macOS
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
+    )
+
+
+def _run_pool(task, sources, args, workers, suspects: list[str]) -> Iterator[VideoResult]:
+    """Run ``sources`` on pools of ``workers``; videos in flight when a pool broke go to ``suspects``."""
+    pending = list(reversed(sources))
     while pending:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with _new_pool(workers) as pool:
             in_flight = {}
             try:
                 while pending or in_flight:
@@ -196,15 +215,66 @@ def run_local(task: Callable, sources: list[str], args: tuple, workers: int) -> 
                     for future in done:
                         source = in_flight.pop(future)
                         try:
-                            yield future.result()
-                        except BrokenProcessPool as exc:
-                            yield failed_result(source, RuntimeError(f"worker process died ({exc})"))
+                            result = future.result()
+                        except BrokenProcessPool:
+                            suspects.append(source)
+                            continue
+                        yield result
             except BrokenProcessPool:  # submit() on a broken pool: start a new one for the rest
-                for source in in_flight.values():
-                    yield failed_result(source, RuntimeError("worker process died"))
-            finally:
-                for future in in_flight:
-                    future.cancel()
+                suspects.extend(in_flight.values())
+            except BaseException:  # interrupted, or the consumer stopped: no worker may outlive us
+                _stop_workers(pool)
+                raise
+
+
+def _run_alone(task, source: str, args: tuple) -> VideoResult:
+    """One video in a process of its own: if it crashes, it crashed on this video."""
+    with _new_pool(1) as pool:
+        try:
+            future = pool.submit(task, source, *args)
+            processes = list((pool._processes or {}).values())  # spawned by submit()
+            try:
+                return future.result()
+            except BrokenProcessPool:
+                for process in processes:
+                    process.join(timeout=5)  # reap it, so its exit code is known
+                codes = [p.exitcode for p in processes if p.exitcode]
+                how = f"killed by {signal.Signals(-codes[0]).name}" if codes and codes[0] < 0 else "exited"
+                code = f" with code {codes[0]}" if codes and codes[0] > 0 else ""
+                return failed_result(source, RuntimeError(f"worker process died on this video ({how}{code})"))
+        except BaseException:
+            _stop_workers(pool)
+            raise
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's workers now: ``shutdown`` alone would wait for their current videos."""
+    processes = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join(timeout=5)
+
+
+def _worker_init(driver: int) -> None:
+    """Each worker: leave Ctrl-C to the driver, and die with it even if it is SIGKILLed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops and kills us itself
+    try:  # Linux: the kernel sends SIGKILL when the driver dies
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != driver:  # the driver died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_driver, args=(driver,), daemon=True).start()  # other systems
+
+
+def _watch_driver(driver: int) -> None:
+    while os.getppid() == driver:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def run_ray(
@@ -213,8 +283,8 @@ def run_ray(
     """The same task as Ray tasks (1 CPU each), on ``address`` or a local Ray instance we start."""
     try:
         import ray
-    except ImportError:
-        raise CopeInputError("--backend ray needs Ray: pip install 'cope[ray]'") from None
+    except ImportError as exc:
+        raise CopeInputError("--backend ray needs Ray: pip install 'cope[ray]'") from exc
     started = not ray.is_initialized()
     if started:
         if address:
@@ -252,9 +322,9 @@ class DirectoryLock:
         self.file = open(directory / ".lock", "w")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except BlockingIOError as exc:
             self.file.close()
-            raise CopeInputError(f"{directory}: another cope preprocess is writing to this cache") from None
+            raise CopeInputError(f"{directory}: another cope preprocess is writing to this cache") from exc
 
     def release(self) -> None:
         fcntl.flock(self.file, fcntl.LOCK_UN)
@@ -346,9 +416,12 @@ def drive(config: PreprocessConfig, results: Iterator[VideoResult], total: int, 
         shards.abort()
         raise
     finally:
+        getattr(results, "close", lambda: None)()  # stop the workers before removing .work
         bar.close()
         manifest.close()
         shutil.rmtree(out / WORK_DIR, ignore_errors=True)
+        if config.canonical_cache is not None:  # transcodes the killed workers had in progress
+            remove_orphans(Path(config.canonical_cache), "*.partial")
     elapsed = time.perf_counter() - start
     minutes = seconds_of_video / 60
     return {

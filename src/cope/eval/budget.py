@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cope.codec.canonical import CanonicalSettings
 from cope.plan import DEFAULT_FUSION, PAPER_LAYOUT, TokenLayout, cope_plan, regular_gop_starts
 
-CANONICAL_FPS = 30
-CANONICAL_GOP = 240
+CANONICAL_FPS = CanonicalSettings.fps  # the paper's canonical stream: 30 fps, GOP 240
+CANONICAL_GOP = CanonicalSettings.gop
 BUDGETS = tuple(2**k for k in range(15, 21))  # 32K, 64K, 128K, 256K, 512K, 1M tokens
 ACCOUNTINGS = {
     "paper": PAPER_LAYOUT,

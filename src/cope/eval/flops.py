@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from cope.codec.canonical import CanonicalSettings
 from cope.plan import (
     DEFAULT_FUSION,
     PAPER_LAYOUT,
@@ -41,8 +42,8 @@ from cope.plan import (
     regular_gop_starts,
 )
 
-CANONICAL_FPS = 30
-CANONICAL_GOP = 240
+CANONICAL_FPS = CanonicalSettings.fps  # the paper's canonical stream: 30 fps, GOP 240
+CANONICAL_GOP = CanonicalSettings.gop
 DEFAULT_TEXT_TOKENS = 50  # chat template (~20 tokens with qwen_1_5's system prompt) + a question
 
 

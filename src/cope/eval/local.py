@@ -25,9 +25,10 @@ chance level ``1 / len(options)`` that ``summarize`` reports beside it. Open que
 generated. ``scoring="generate"``: every answer is generated greedily and scored by ``is_correct``:
 multiple choice is right when the prediction picks the answer's option — by letter ("B", "(b)",
 "B. right") or by text ("right", "It moves right.") — as decided by
-``cope.data.motionqa.match_option``; open questions are right when prediction and answer agree
-after ``normalize`` (case, punctuation, articles, whitespace). This is the one free-form scorer:
-``cope eval``, the lmms-eval tasks under ``cope/eval/tasks`` and the MotionQA benchmark all use it.
+``cope.eval.scoring.match_option``; open questions are right when prediction and answer agree
+after ``normalize`` (case, punctuation, articles, whitespace). The option matching is the one
+free-form scorer (``cope.eval.scoring``): ``cope eval``, the lmms-eval tasks under ``cope/eval/tasks``
+and the MotionQA benchmark all use it.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cope.data.motionqa import match_option, multiple_choice_prompt
 from cope.errors import CopeInputError
+from cope.eval.scoring import match_option, multiple_choice_prompt
 
 LETTERS = string.ascii_uppercase
 PROMPT_STYLES = ("bare", "options")
@@ -103,7 +104,7 @@ def format_question(question: str, options: list[str] | None = None, style: str 
 
 
 def parse_choice(prediction: str, options: list[str]) -> int | None:
-    """Index of the option a free-form prediction picks, or None (MotionQA's ``match_option``)."""
+    """Index of the option a free-form prediction picks, or None (``scoring.match_option``)."""
     picked = match_option(prediction, options)
     return None if picked is None else options.index(picked)
 
@@ -123,7 +124,7 @@ def load_local_task(path: str | Path) -> list[LocalSample]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise CopeInputError(f"{path}: cannot read the task file ({exc})") from None
+        raise CopeInputError(f"{path}: cannot read the task file ({exc})") from exc
     samples = []
     for number, line in enumerate(lines, start=1):
         if line.strip():
@@ -138,7 +139,7 @@ def _parse_line(path: Path, number: int, line: str, index: int) -> LocalSample:
     try:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise CopeInputError(f"{where}: not a JSON object ({exc.msg})") from None
+        raise CopeInputError(f"{where}: not a JSON object ({exc.msg})") from exc
     if not isinstance(data, dict):
         raise CopeInputError(f"{where}: expected a JSON object")
     missing = [key for key in ("video", "question", "answer") if key not in data]
@@ -152,7 +153,7 @@ def _parse_line(path: Path, number: int, line: str, index: int) -> LocalSample:
         try:
             resolve_answer(data["answer"], options)
         except ValueError as exc:
-            raise CopeInputError(f"{where}: {exc}") from None
+            raise CopeInputError(f"{where}: {exc}") from exc
     video = Path(str(data.pop("video"))).expanduser()
     video = video if video.is_absolute() else path.parent / video
     if not video.is_file():

@@ -8,7 +8,7 @@ into a Δ-token block and interleaves them in ``kinds`` order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,3 +70,24 @@ def _stack(arrays: list[np.ndarray], shape: tuple[int, ...], dtype) -> torch.Ten
     if not arrays:
         return torch.from_numpy(np.zeros((0, *shape), dtype=dtype))
     return torch.from_numpy(np.stack(arrays).astype(dtype, copy=False))
+
+
+def interleave(
+    kinds: Sequence[str], image_blocks: torch.Tensor, delta_blocks: torch.Tensor | None
+) -> torch.Tensor:
+    """Blocks (nI, Ti, D) and (nP, Tp, D) → (nI·Ti + nP·Tp, D) in ``kinds`` order ("I"/"P")."""
+    counts = {"I": 0, "P": 0}
+    pieces = []
+    for kind in kinds:
+        blocks = image_blocks if kind == "I" else delta_blocks
+        if blocks is None:
+            raise ValueError("kinds name P-frames but no Δ blocks were given")
+        pieces.append(blocks[counts[kind]])
+        counts[kind] += 1
+    if counts["I"] != image_blocks.shape[0] or counts["P"] != (
+        0 if delta_blocks is None else delta_blocks.shape[0]
+    ):
+        raise ValueError("kinds do not match the number of image and Δ blocks")
+    if not pieces:
+        return image_blocks.reshape(0, image_blocks.shape[-1])
+    return torch.cat(pieces)

@@ -7,14 +7,17 @@ Routes: ``GET /`` (web page), ``GET /health``, ``GET /v1/models``, ``GET /v1/mod
 ``POST /v1/files`` (multipart upload → file object + GOP/token summary), ``GET /v1/files/{id}``,
 ``POST /v1/chat/completions`` (plain JSON or server-sent events with ``stream: true``).
 Every error is an OpenAI-style body (``errors.py``), including FastAPI's own 404/405/422.
+Host, Origin and API-key checks, and the last-resort 500, are in ``guard.py``.
+
+A request that will use the model takes its place in the worker's queue first (429 when there is
+none), then receives its body within ``body_timeout_s`` (408 beyond), then stores its video: a
+refused request costs neither disk nor a long-held socket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,22 +25,22 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from anyio import to_thread
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from cope.serve.config import MiB, ServeSettings
 from cope.serve.engine import ChatEngine, ChatJob
 from cope.serve.errors import APIError
+from cope.serve.guard import RequestGuard
 from cope.serve.protocol import conversation, parse_request
+from cope.serve.uploads import LimitedBody, receive_upload, too_large
 from cope.serve.videos import VideoStore
 from cope.serve.worker import Job, ModelWorker, timeout_error
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-log = logging.getLogger("cope.serve")
 
 
 def create_app(model, settings: ServeSettings) -> FastAPI:
@@ -62,14 +65,24 @@ def create_app(model, settings: ServeSettings) -> FastAPI:
     app = FastAPI(title="cope", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings, app.state.engine, app.state.store, app.state.worker = settings, engine, store, worker
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(RequestGuard, settings=settings)
     _add_error_handlers(app)
+    app.include_router(_info_routes(settings, worker))
+    app.include_router(_file_routes(settings, engine, store, worker))
+    app.include_router(_chat_routes(settings, engine, store, worker))
+    return app
+
+
+def _info_routes(settings: ServeSettings, worker: ModelWorker) -> APIRouter:
+    """The web page, ``/health`` and the OpenAI model list."""
+    router = APIRouter()
     created = int(time.time())
 
-    @app.get("/", include_in_schema=False)
+    @router.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
 
-    @app.get("/health")
+    @router.get("/health")
     async def health() -> dict:
         return {
             "status": "ok",
@@ -85,56 +98,69 @@ def create_app(model, settings: ServeSettings) -> FastAPI:
     def model_object() -> dict:
         return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "cope"}
 
-    @app.get("/v1/models")
+    @router.get("/v1/models")
     async def list_models() -> dict:
         return {"object": "list", "data": [model_object()]}
 
-    @app.get("/v1/models/{model_id:path}")
+    @router.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> dict:
-        check_model(model_id)
+        check_model(model_id, settings)
         return model_object()
 
-    def check_model(name: str) -> None:
-        if name != settings.model_name:
-            raise APIError(
-                404,
-                f"the model {name[:100]!r} does not exist; this server serves {settings.model_name!r}",
-                code="model_not_found",
-                param="model",
-            )
+    return router
 
-    @app.post("/v1/files")
+
+def _file_routes(
+    settings: ServeSettings, engine: ChatEngine, store: VideoStore, worker: ModelWorker
+) -> APIRouter:
+    """``/v1/files``: uploads (admitted before a byte is stored) and their descriptions."""
+    router = APIRouter()
+
+    @router.post("/v1/files")
     async def upload_file(request: Request) -> dict:
         arrival = time.monotonic()
-        video = await receive_upload(request, store, settings.max_upload_bytes)
-        job = Job(lambda job: engine.summarize(store, video), deadline=arrival + settings.request_timeout_s)
-        worker.submit(job)
+        with worker.admit() as admission:
+            video = await receive_upload(request, store, settings)
+            job = Job(
+                lambda job: engine.summarize(store, video), deadline=arrival + settings.request_timeout_s
+            )
+            worker.submit(job, admission)
         await wait_result(job, request, settings.request_timeout_s)
         return video.file_object()
 
-    @app.get("/v1/files/{file_id}")
+    @router.get("/v1/files/{file_id}")
     async def get_file(file_id: str) -> dict:
         return store.get(file_id).file_object()
 
-    @app.post("/v1/chat/completions")
+    return router
+
+
+def _chat_routes(
+    settings: ServeSettings, engine: ChatEngine, store: VideoStore, worker: ModelWorker
+) -> APIRouter:
+    """``/v1/chat/completions``, plain and streamed."""
+    router = APIRouter()
+
+    @router.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         arrival = time.monotonic()
-        # A data: URL carries the video in base64 (4/3 of its size) plus the messages.
-        limit = settings.max_upload_bytes * 4 // 3 + MiB
-        body = await LimitedBody(request, limit, too_large(limit)).read()
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise APIError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
-        chat = parse_request(data)
-        check_model(chat.model)
-        conv = conversation(chat)
-        options = engine.options(chat)
-        history, question = engine.messages(conv)
-        video = await to_thread.run_sync(store.resolve_url, conv.video_url)
-        spec = ChatJob(video, conv.system, history, question, options, arrival)
-        job = Job(lambda job: engine.respond(job, store, spec), deadline=arrival + settings.request_timeout_s)
-        worker.submit(job)
+        require_json(request)
+        with worker.admit() as admission:
+            # A data: URL carries the video in base64 (4/3 of its size) plus the messages.
+            limit = settings.max_upload_bytes * 4 // 3 + MiB
+            body = LimitedBody(request, limit, too_large(limit), settings.body_timeout_s)
+            chat = parse_request(parse_json(await body.read()))
+            check_model(chat.model, settings)
+            conv = conversation(chat)
+            options = engine.options(chat)
+            await to_thread.run_sync(engine.check_text_length, conv)
+            history, question = engine.messages(conv)
+            video = await to_thread.run_sync(store.resolve_url, conv.video_url)
+            spec = ChatJob(video, conv.system, history, question, options, arrival)
+            job = Job(
+                lambda job: engine.respond(job, store, spec), deadline=arrival + settings.request_timeout_s
+            )
+            worker.submit(job, admission)
         # Video checks and encoding finish before any byte is sent, so a bad video is a plain 400
         # even with stream: true; only errors during generation travel inside the stream.
         await wait_ready(job, request, settings.request_timeout_s)
@@ -152,110 +178,69 @@ def create_app(model, settings: ServeSettings) -> FastAPI:
         result = await wait_result(job, request, settings.request_timeout_s)
         return completion_body(completion_id, settings.model_name, result)
 
-    return app
+    return router
+
+
+def check_model(name: str, settings: ServeSettings) -> None:
+    if name != settings.model_name:
+        raise APIError(
+            404,
+            f"the model {name[:100]!r} does not exist; this server serves {settings.model_name!r}",
+            code="model_not_found",
+            param="model",
+        )
 
 
 # ----- request bodies --------------------------------------------------------------------------------
 
 
-class LimitedBody:
-    """A request body read chunk by chunk, refused with 413 once it passes ``limit`` bytes.
-
-    After a refusal the rest of the body is read and dropped (up to twice the limit), so the client
-    gets its 413 instead of a reset connection; beyond that the connection is simply closed.
-    """
-
-    def __init__(self, request: Request, limit: int, error: APIError):
-        self.request = request
-        self.limit = limit
-        self.error = error
-        self.size = 0
-        self.complete = False
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        declared = self.request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.limit:
-            await self.refuse()
-        while not self.complete:
-            message = await self.request.receive()
-            if message["type"] != "http.request":  # http.disconnect
-                raise APIError(400, "the client closed the connection mid-body", code="client_closed")
-            self.complete = not message.get("more_body", False)
-            chunk = message.get("body", b"")
-            self.size += len(chunk)
-            if self.size > self.limit:
-                await self.refuse()
-            if chunk:
-                yield chunk
-
-    async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
-
-    async def refuse(self):
-        while not self.complete and self.size <= 2 * self.limit:
-            message = await self.request.receive()
-            self.complete = message["type"] != "http.request" or not message.get("more_body", False)
-            self.size += len(message.get("body", b""))
-        raise self.error
+def require_json(request: Request) -> None:
+    """JSON routes take ``application/json`` only: a browser can send ``text/plain`` (and multipart)
+    cross-site without a CORS preflight, never ``application/json``."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise APIError(
+            415,
+            f"send the body as Content-Type: application/json (got {media_type[:60] or 'none'!r})",
+            code="unsupported_media_type",
+        )
 
 
-def too_large(limit: int) -> APIError:
-    return APIError(413, f"request body too large: the limit is {limit} bytes", code="file_too_large")
-
-
-async def receive_upload(request: Request, store: VideoStore, limit: int):
-    """Stream a multipart upload (field ``file``) to the work directory, hashing as it arrives."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        raise APIError(400, "upload with multipart/form-data and a 'file' field", code="invalid_request")
-    # The form's other fields and its boundaries are small: a megabyte of slack covers them.
-    body = LimitedBody(request, limit + MiB, too_large(limit))
-    parser = MultiPartParser(request.headers, body.chunks(), max_files=1, max_fields=8)
+def parse_json(body: bytes) -> object:
     try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise APIError(400, f"malformed multipart body: {exc.message}", code="invalid_request") from None
-    upload = form.get("file")
-    if upload is None or isinstance(upload, str):
-        await form.close()
-        raise APIError(400, "the upload has no 'file' field", code="invalid_request", param="file")
-    try:
-        return await to_thread.run_sync(_store_upload, store, upload.file, upload.filename or "video", limit)
-    finally:
-        await form.close()
-
-
-def _store_upload(store: VideoStore, source, filename: str, limit: int):
-    digest, size = hashlib.sha256(), 0
-    source.seek(0)
-    with store.new_upload_file() as out:
-        while chunk := source.read(MiB):
-            size += len(chunk)
-            digest.update(chunk)
-            out.write(chunk)
-    temp = Path(out.name)
-    if size > limit:
-        temp.unlink(missing_ok=True)
-        raise store.too_large(size)
-    return store.add_file(temp, digest.hexdigest(), Path(filename).name[:200])
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise APIError(400, f"malformed JSON body: {exc}", code="invalid_json") from exc
+    except RecursionError as exc:  # the parser recurses per nesting level
+        raise APIError(400, "malformed JSON body: nested too deeply", code="invalid_json") from exc
 
 
 # ----- waiting for jobs ------------------------------------------------------------------------------
 
 
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks whether its client is still there
+
+
 async def next_event(job: Job, request: Request | None, timeout_s: float) -> tuple[str, object]:
-    """The job's next event; cancels the job when the client leaves or the deadline passes."""
+    """The job's next event; cancels the job when the client leaves or the deadline passes.
+
+    The connection is checked every ``DISCONNECT_POLL_S`` whether or not events are flowing: a
+    non-streaming client that leaves mid-generation must stop the job, not wait for its end.
+    """
     while True:
         remaining = job.deadline - time.monotonic()
         if remaining <= 0:
             job.cancel()
             raise timeout_error(timeout_s)
-        try:
-            return await asyncio.wait_for(job.events.get(), timeout=min(remaining, 0.5))
-        except TimeoutError:
-            if request is not None and await request.is_disconnected():
+        if request is not None and time.monotonic() >= job.next_disconnect_check:
+            job.next_disconnect_check = time.monotonic() + DISCONNECT_POLL_S
+            if await request.is_disconnected():
                 job.cancel()
-                raise APIError(499, "client closed the request", code="client_closed") from None
+                raise APIError(499, "client closed the request", code="client_closed")
+        try:
+            return await asyncio.wait_for(job.events.get(), timeout=min(remaining, DISCONNECT_POLL_S))
+        except TimeoutError:
+            continue
 
 
 async def wait_ready(job: Job, request: Request, timeout_s: float) -> None:
@@ -349,11 +334,11 @@ async def sse_events(
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+    async def api_error(request: Request, exc: APIError) -> Response:
         return exc.response()
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"])
         return APIError(
@@ -361,13 +346,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         ).response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404:
-            message = f"no route {request.method} {request.url.path}"
-        return APIError(exc.status_code, message, code=str(exc.status_code)).response()
+            message = f"no route {request.method} {request.url.path[:200]}"
+        return APIError(exc.status_code, message, code=str(exc.status_code), headers=exc.headers).response()
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        return APIError(500, f"internal error: {type(exc).__name__}", code="internal").response()
+    # Any other exception is a bug: guard.RequestGuard answers it with a 500 and keeps the
+    # connection (an exception handler here would re-raise it to uvicorn, which drops it).

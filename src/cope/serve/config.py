@@ -40,6 +40,25 @@ class ServeSettings:
     # Generation length when a request gives no ``max_tokens``, and the most a request may ask for.
     default_max_tokens: int = 256
     max_tokens_limit: int = 2048
+    # The most prompt positions (text + visual, all turns) a request may fill; beyond → 400
+    # context_length_exceeded. None: the model's context length minus ``max_tokens_limit``.
+    max_prompt_tokens: int | None = None
+    # The prompt is prefilled this many positions at a time, checking for cancellation and the
+    # deadline in between, so a long prompt never holds the worker past its request's timeout.
+    prefill_chunk_tokens: int = 256
+    # A request body (upload or JSON) must have fully arrived this many seconds after the request
+    # did; a client that stalls mid-body gets 408 and loses its connection.
+    body_timeout_s: float = 60.0
+    # Open connections uvicorn accepts at once; one more gets 503 (bounds slow clients' sockets).
+    max_connections: int = 64
+    # The address the server listens on. With ``allowed_hosts`` it decides which ``Host`` headers
+    # are accepted (a DNS-rebinding page presents its own domain name); "*" accepts any host.
+    bind_host: str = "127.0.0.1"
+    allowed_hosts: tuple[str, ...] = ()
+    # Browser origins besides the server's own that may call the API (CORS); "*" allows any.
+    cors_origins: tuple[str, ...] = ()
+    # Clients must send ``Authorization: Bearer <api_key>`` (the web page and its assets excepted).
+    api_key: str | None = None
 
     def validate(self) -> None:
         positive = {
@@ -53,7 +72,12 @@ class ServeSettings:
             "encoded_cache_entries": self.encoded_cache_entries,
             "chat_sessions": self.chat_sessions,
             "default_max_tokens": self.default_max_tokens,
+            "prefill_chunk_tokens": self.prefill_chunk_tokens,
+            "body_timeout_s": self.body_timeout_s,
+            "max_connections": self.max_connections,
         }
+        if self.max_prompt_tokens is not None:
+            positive["max_prompt_tokens"] = self.max_prompt_tokens
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name} must be positive, got {value}")
@@ -61,3 +85,5 @@ class ServeSettings:
             raise ValueError("cache_max_bytes must hold at least two uploads (2 × max_upload_bytes)")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens must not exceed max_tokens_limit")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("the API key must not be empty")

@@ -24,7 +24,7 @@ from cope.errors import CopeInputError
 from cope.serve.config import ServeSettings
 from cope.serve.errors import APIError
 from cope.serve.protocol import ChatCompletionRequest, Conversation
-from cope.serve.videos import StoredVideo, VideoStore
+from cope.serve.videos import VideoFile, VideoStore
 from cope.serve.worker import Job
 
 
@@ -39,6 +39,8 @@ class Options:
     temperature: float
     top_p: float
     seed: int | None
+    min_tokens: int = 0  # end tokens suppressed until this many are out (vLLM's min_tokens)
+    ignore_eos: bool = False  # decode through end tokens up to max_new_tokens (vLLM's ignore_eos)
 
     @property
     def video_key(self) -> tuple:
@@ -47,7 +49,7 @@ class Options:
 
 @dataclass(frozen=True)
 class ChatJob:
-    video: StoredVideo
+    video: VideoFile
     system: str | None  # the request's system message, if any
     history: list[dict]  # the turns before the question, as ``ChatEngine.messages`` builds them
     question: str
@@ -111,6 +113,15 @@ class ChatEngine:
         self.encoded = LRU(settings.encoded_cache_entries)  # (sha256, mode, K, fusion) → EncodedVideo
         self.sessions = LRU(settings.chat_sessions)  # (video key, conversation) → ChatSession
         self.encode_calls = 0
+        self.context_tokens = model.language_model.config.max_position_embeddings
+        self.max_prompt_tokens = settings.max_prompt_tokens or default_prompt_limit(
+            self.context_tokens, settings.max_tokens_limit
+        )
+        # No token covers more characters than the longest vocabulary entry, so a text longer than
+        # max_prompt_tokens × that is refused before anything tokenizes it.
+        self.max_token_chars = max(map(len, model.tokenizer.get_vocab()), default=1)
+        # A private copy of the tokenizer for request threads, so they never share the worker's.
+        self.text_tokenizer = _private_tokenizer(model.tokenizer)
 
     @property
     def canonical_settings(self):
@@ -140,26 +151,70 @@ class ChatEngine:
                 "stop sequences are not supported; the model stops at its end-of-turn token",
                 param="stop",
             )
+        keyframes_per_gop = request.keyframes_per_gop or config.keyframes_per_gop
+        fusion = request.fusion or config.fusion
+        check_sampling(config.canonical.gop, fusion, keyframes_per_gop)
         return Options(
             mode=mode,
-            keyframes_per_gop=request.keyframes_per_gop or config.keyframes_per_gop,
-            fusion=request.fusion or config.fusion,
+            keyframes_per_gop=keyframes_per_gop,
+            fusion=fusion,
             max_new_tokens=max_tokens,
             temperature=0.0 if request.temperature is None else request.temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
             seed=request.seed,
+            min_tokens=self._min_tokens(request, max_tokens),
+            ignore_eos=request.ignore_eos,
         )
+
+    @staticmethod
+    def _min_tokens(request: ChatCompletionRequest, max_tokens: int) -> int:
+        if (request.min_tokens or 0) > max_tokens:
+            raise APIError(
+                400, f"min_tokens {request.min_tokens} exceeds max_tokens {max_tokens}", param="min_tokens"
+            )
+        return request.min_tokens or 0
+
+    def check_text_length(self, conversation: Conversation) -> None:
+        """Refuse a conversation whose text alone exceeds the prompt limit (a request thread, before
+        queueing: a huge text never reaches the worker). Tokenized alone, a text may split one token
+        differently at each end than inside the template: one token per text is conceded."""
+        texts = [turn.text for turn in conversation.turns] + [conversation.system or ""]
+        chars = sum(map(len, texts))
+        if chars > self.max_prompt_tokens * self.max_token_chars:  # decided without tokenizing
+            raise prompt_too_long(f"the messages are {chars} characters", self.max_prompt_tokens)
+        if self.text_tokenizer is None:
+            return
+        tokens = sum(
+            len(e.ids) - 1 for e in self.text_tokenizer.encode_batch(texts, add_special_tokens=False)
+        )
+        if tokens > self.max_prompt_tokens:
+            raise prompt_too_long(f"the messages alone are over {tokens} tokens", self.max_prompt_tokens)
+
+    def check_prompt(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """OpenAI's context_length_exceeded: the prompt, or prompt + completion, does not fit."""
+        if prompt_tokens > self.max_prompt_tokens:
+            raise prompt_too_long(
+                f"the prompt is {prompt_tokens} tokens (text + video, all turns)", self.max_prompt_tokens
+            )
+        if prompt_tokens + max_new_tokens > self.context_tokens:  # OpenAI's own wording
+            message = (
+                f"This model's maximum context length is {self.context_tokens} tokens. However, you "
+                f"requested {prompt_tokens + max_new_tokens} tokens ({prompt_tokens} in the messages, "
+                f"{max_new_tokens} in the completion)."
+            )
+            raise APIError(400, message, code="context_length_exceeded", param="messages")
 
     # ----- jobs (worker thread) ---------------------------------------------------------------------
 
-    def summarize(self, store: VideoStore, video: StoredVideo) -> dict:
+    def summarize(self, store: VideoStore, video: VideoFile) -> dict:
         """The GOP/token summary of an uploaded video (``cope inspect``'s report, model layout added)."""
-        if video.summary is None:
+        stored = video.video  # the summary belongs to the bytes: computed once for every upload of them
+        if stored.summary is None:
             with store.hold(video):
                 codec_video = store.open_canonical(video)
             plans = codec_video.standard_plans(self.model.config.fusion)
             layout = self.model.config.layout
-            video.summary = {
+            stored.summary = {
                 "source": codec_video.source.to_dict(),
                 "canonical": codec_video.info.to_dict(),
                 "plans": {
@@ -167,7 +222,7 @@ class ChatEngine:
                     for name, plan in plans.items()
                 },
             }
-        return video.summary
+        return stored.summary
 
     def respond(self, job: Job, store: VideoStore, spec: ChatJob) -> ChatResult:
         """Encode (or reuse) the video, continue (or start) a chat session, stream the answer.
@@ -191,10 +246,13 @@ class ChatEngine:
             temperature=options.temperature,
             top_p=options.top_p,
             seed=options.seed,
+            min_tokens=options.min_tokens,
+            ignore_eos=options.ignore_eos,
+            prefill_chunk_tokens=self.settings.prefill_chunk_tokens,
         )
+        stream = self._stream(session, spec.question, job)
         job.emit("ready", None)
         first_token = None
-        stream = session.stream(spec.question)
         try:
             for piece in stream:
                 if first_token is None:
@@ -221,7 +279,20 @@ class ChatEngine:
             kv_cache_reused=kv_reused,
         )
 
-    def _encoded_video(self, store: VideoStore, video: StoredVideo, options: Options):
+    def _stream(self, session, question: str, job: Job):
+        """The turn's stream, its prompt checked before any prefill (a refusal is a plain 400)."""
+        try:
+            stream = session.stream(question, should_stop=job.should_stop)
+        except CopeInputError as exc:
+            raise APIError(400, str(exc), param="messages") from exc
+        try:
+            self.check_prompt(stream.prompt_tokens, session.generation.max_new_tokens)
+        except APIError:
+            stream.close()
+            raise
+        return stream
+
+    def _encoded_video(self, store: VideoStore, video: VideoFile, options: Options):
         key = (video.sha256, *options.video_key)
         encoded = self.encoded.get_fresh(key)
         if encoded is not None:
@@ -232,7 +303,7 @@ class ChatEngine:
                 codec_video, options.mode, keyframes_per_gop=options.keyframes_per_gop, fusion=options.fusion
             )
         except CopeInputError as exc:  # e.g. a keyframes_per_gop that does not divide the GOP's slots
-            raise APIError(400, str(exc), code="invalid_sampling") from None
+            raise APIError(400, store.scrub(str(exc)), code="invalid_sampling") from exc
         self.encode_calls += 1
         self.encoded.put(key, encoded)
         return encoded, False
@@ -257,6 +328,44 @@ class ChatEngine:
                 video_turn(self.model, turn.text) if i == 0 else {"role": turn.role, "content": turn.text}
             )
         return history, turns[-1].text
+
+
+def prompt_too_long(what: str, limit: int) -> APIError:
+    return APIError(
+        400,
+        f"{what}; this server accepts at most {limit} prompt tokens",
+        code="context_length_exceeded",
+        param="messages",
+    )
+
+
+def _private_tokenizer(tokenizer):
+    """An independent copy of a fast tokenizer's Rust backend (None for a slow tokenizer)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
+def default_prompt_limit(context_tokens: int, max_tokens_limit: int) -> int:
+    """The model's context minus the most a request may generate (half the context if that is all)."""
+    return context_tokens - max_tokens_limit if context_tokens > max_tokens_limit else context_tokens // 2
+
+
+def check_sampling(gop: int, fusion: int, keyframes_per_gop: int) -> None:
+    """The CLI's rules for fusion and keyframes per GOP (a 400 ``invalid_sampling`` otherwise)."""
+    from cope.plan import check_plan_options
+
+    try:
+        check_plan_options(gop, fusion, keyframes_per_gop)
+    except ValueError as exc:
+        param = "keyframes_per_gop" if str(exc).startswith("keyframes") else "fusion"
+        raise APIError(400, str(exc), code="invalid_sampling", param=param) from exc
 
 
 def _freeze(messages: list[dict]) -> tuple:

@@ -13,9 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cope.plan import Mode
 from cope.serve.errors import APIError
-
-MODES = ("cope", "iframes-only", "dense", "delta-zero")
 
 
 class TextPart(BaseModel):
@@ -55,11 +54,15 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    # torch's generators take seeds in [-2**63, 2**64); anything else is a 400, not an overflow.
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     n: int | None = Field(default=None, ge=1, le=1)  # one choice per request
     stop: str | list[str] | None = None
+    # vLLM's extra sampling fields (benchmarks ask for fixed-length answers with them)
+    min_tokens: int | None = Field(default=None, ge=0)
+    ignore_eos: bool = False
     # cope sampling options (extra body fields)
-    mode: Literal["cope", "iframes-only", "dense", "delta-zero"] | None = None
+    mode: Mode | None = None
     keyframes_per_gop: int | None = Field(default=None, ge=1)
     fusion: int | None = Field(default=None, ge=1)
 
@@ -93,7 +96,7 @@ def parse_request(body: object) -> ChatCompletionRequest:
         where = _field_path(error["loc"])
         raise APIError(
             400, f"{where or 'body'}: {error['msg']}", code="invalid_request", param=where or None
-        ) from None
+        ) from exc
 
 
 def _field_path(loc: tuple) -> str:
@@ -109,6 +112,19 @@ def _field_path(loc: tuple) -> str:
     return ".".join(path)
 
 
+def _check_unicode(text: str, where: str) -> None:
+    """JSON can carry lone surrogates (\\ud800), which no tokenizer or UTF-8 encoder accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(
+            400,
+            f"{where}: the text is not valid Unicode (a lone surrogate)",
+            code="invalid_request",
+            param=where,
+        ) from exc
+
+
 def conversation(request: ChatCompletionRequest) -> Conversation:
     """Reduce the messages to a ``Conversation``: system messages first, then user/assistant turns
     starting with the user; exactly one video, in the first user message; the last message from the user."""
@@ -122,6 +138,7 @@ def conversation(request: ChatCompletionRequest) -> Conversation:
             else message.content
         )
         text = "\n".join(p.text for p in parts if isinstance(p, TextPart))
+        _check_unicode(text, f"messages.{i}")
         videos = [p.video_url.url for p in parts if isinstance(p, VideoPart)]
         if videos and (message.role != "user" or turns):
             raise APIError(

@@ -8,10 +8,25 @@ import time
 
 import uvicorn
 
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this long
+
 
 def uvicorn_config(app, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
-    # One process: the model lives in this process's worker thread, so there is no --workers.
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    """uvicorn's settings for ``app`` (built by ``create_app``, whose settings bound the connections).
+
+    One process: the model lives in this process's worker thread, so there is no --workers.
+    ``limit_concurrency`` caps open connections (one more gets uvicorn's plain 503), so slow or idle
+    clients cannot pile up sockets; bodies have their own deadline in the app.
+    """
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        limit_concurrency=app.state.settings.max_connections,
+    )
 
 
 class BackgroundServer:

@@ -1,7 +1,9 @@
 """One model, one thread: every piece of codec and model work runs on a single worker thread.
 
-Requests become ``Job``s in a bounded queue (``queue_size`` waiting, one running). A full queue is
-an immediate 429. The worker runs jobs one at a time, so the model instance and its caches are only
+Requests become ``Job``s in a bounded queue (``queue_size`` waiting, one running). A request takes
+its place in the queue (an ``Admission``) when it arrives, before its body is read or its video
+stored, and keeps it until its job starts; with every place taken it gets an immediate 429, having
+cost nothing. So at most ``queue_size`` bodies are being received at any moment. The worker runs jobs one at a time, so the model instance and its caches are only
 ever touched by one thread and need no locks. A job streams its events (text deltas, then a result
 or an error) back to the request's asyncio loop through a thread-safe hand-off; the request side
 cancels a job (client gone, timeout) by setting a flag the job checks between tokens.
@@ -36,6 +38,8 @@ class Job:
             asyncio.Queue()
         )  # ("delta", str) … then ("result", x) | ("error", APIError)
         self._loop = loop or asyncio.get_running_loop()
+        self.admission: Admission | None = None
+        self.next_disconnect_check = 0.0  # the request side's: when to look at the connection next
 
     def emit(self, kind: str, value: Any) -> None:
         """Hand an event to the request's loop (safe to call from the worker thread)."""
@@ -48,7 +52,44 @@ class Job:
         return self.cancelled.is_set() or time.monotonic() > self.deadline
 
     def cancel(self) -> None:
+        """Stop the job (at its next check) and, if it is still queued, free its place at once: it
+        will be skipped, and a client that gave up must not keep the next one out."""
         self.cancelled.set()
+        if self.admission is not None:
+            self.admission.release()
+
+
+class Admission:
+    """A place in the worker's queue, held from a request's arrival until its job starts running.
+
+    with worker.admit() as admission:   # 429 here when every place is taken
+        ...read the body, store the video...
+        worker.submit(job, admission)   # the job now holds the place; the worker frees it
+    """
+
+    def __init__(self, worker: ModelWorker):
+        self._worker = worker
+        self._held = True
+        self.job: Job | None = None
+
+    def release(self) -> None:
+        """Give the place back (once, whichever thread asks first)."""
+        self._worker._release(self)
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.job is None:  # never submitted (refused, failed, timed out): give the place back
+            self.release()
+
+
+def queue_full(queue_size: int) -> APIError:
+    return APIError(
+        429,
+        f"server busy: {queue_size} requests already waiting for the model; retry later",
+        code="queue_full",
+    )
 
 
 def timeout_error(seconds: float) -> APIError:
@@ -61,7 +102,10 @@ class ModelWorker:
     def __init__(self, queue_size: int, request_timeout_s: float):
         self.queue_size = queue_size
         self.request_timeout_s = request_timeout_s
-        self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        # Unbounded itself: admissions (at most ``queue_size``) bound what is in it.
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._admitted = 0  # places taken: requests admitted whose jobs have not started
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="cope-model-worker", daemon=True)
         self.running: Job | None = None
         self.completed = 0
@@ -79,27 +123,39 @@ class ModelWorker:
             except queue.Empty:
                 break
             if job is not None:
+                job.admission.release()
                 job.emit("error", APIError(503, "server shutting down", code="shutting_down"))
         self._jobs.put(None)
         self._thread.join(timeout)
 
     @property
     def waiting(self) -> int:
-        return self._jobs.qsize()
+        """Requests admitted whose jobs have not started (receiving their body, or queued)."""
+        return self._admitted
 
-    def submit(self, job: Job) -> None:
-        """Queue a job, or refuse it at once with 429 when ``queue_size`` jobs already wait."""
-        try:
-            self._jobs.put_nowait(job)
-        except queue.Full:
-            raise APIError(
-                429,
-                f"server busy: {self.queue_size} requests already waiting for the model; retry later",
-                code="queue_full",
-            ) from None
+    def admit(self) -> Admission:
+        """Take a place in the queue, or refuse at once with 429 when all ``queue_size`` are taken."""
+        with self._lock:
+            if self._admitted >= self.queue_size:
+                raise queue_full(self.queue_size)
+            self._admitted += 1
+        return Admission(self)
+
+    def _release(self, admission: Admission) -> None:
+        with self._lock:
+            if admission._held:
+                admission._held = False
+                self._admitted -= 1
+
+    def submit(self, job: Job, admission: Admission | None = None) -> None:
+        """Queue a job in the place its request was admitted to (or in a new one: 429 when full)."""
+        admission = admission or self.admit()
+        admission.job, job.admission = job, admission
+        self._jobs.put(job)
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
+            job.admission.release()  # out of the queue: the place is free for the next request
             if job.should_stop():  # cancelled or timed out while waiting: its client is gone
                 job.emit("error", timeout_error(self.request_timeout_s))
                 continue
@@ -111,9 +167,9 @@ class ModelWorker:
                 job.emit("error", exc)
             except Exception as exc:  # an internal error must not kill the worker
                 log.exception("job failed")
-                job.emit(
-                    "error", APIError(500, f"internal error: {type(exc).__name__}: {exc}", code="internal")
-                )
+                # The type only: exception messages can carry server paths (the work directory).
+                message = f"internal error ({type(exc).__name__}); see the server log"
+                job.emit("error", APIError(500, message, code="internal"))
             finally:
                 self.running = None
                 self.completed += 1

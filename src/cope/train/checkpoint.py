@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from cope.errors import CopeInputError
+from cope.hub import load_safetensors, save_safetensors
 
 CHECKPOINT_DIR = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -111,12 +111,12 @@ def save_state(path_stem: Path, state: Any) -> None:
         if ptr in seen:
             tensors[key] = tensor.clone()
         seen.add(ptr)
-    save_file(tensors, str(path_stem.with_suffix(".safetensors")))
+    save_safetensors(tensors, path_stem.with_suffix(".safetensors"))
     path_stem.with_suffix(".json").write_text(json.dumps(skeleton))
 
 
 def load_state(path_stem: Path) -> Any:
-    tensors = load_file(str(path_stem.with_suffix(".safetensors")))
+    tensors = load_safetensors(path_stem.with_suffix(".safetensors"))
     skeleton = json.loads(path_stem.with_suffix(".json").read_text())
     return unflatten_state(skeleton, tensors)
 
@@ -208,15 +208,12 @@ def read_trainer_state(directory: Path) -> TrainerState:
     try:
         return TrainerState(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError) as exc:
-        raise CopeInputError(f"{path}: not a readable trainer state ({exc})") from None
+        raise CopeInputError(f"{path}: not a readable trainer state ({exc})") from exc
 
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
-    tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items()}
-    save_file(tensors, str(path), metadata={"format": "pt"})
+    save_safetensors(state_dict, path)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CopeInputError(f"{path}: checkpoint weights not found")
-    return load_file(str(path))
+    return load_safetensors(path)

@@ -30,7 +30,7 @@ def load_config(path: str | Path, cls: type, overrides: list[str] | None = None)
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         reason = str(exc).replace("\n", " ")
-        raise CopeInputError(f"{path}: not valid YAML ({reason})") from None
+        raise CopeInputError(f"{path}: not valid YAML ({reason})") from exc
     if not isinstance(raw, dict):
         raise CopeInputError(f"{path}: a config must be a mapping of sections, got {type(raw).__name__}")
     for override in overrides or []:
@@ -79,7 +79,7 @@ def from_dict(cls: type, data: Any, source: str, where: str = ""):
     try:
         return cls(**values)
     except (ValueError, TypeError) as exc:
-        raise CopeInputError(f"{source}: {where or 'config'}: {exc}") from None
+        raise CopeInputError(f"{source}: {where or 'config'}: {exc}") from exc
 
 
 def to_dict(config) -> dict:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from cope.errors import CopeInputError
+from cope.plan import Mode
 from cope.train.config import to_dict
 from cope.train.loop import LoopConfig, TrainTask
 
@@ -94,7 +95,7 @@ class Stage2DataConfig:
     pad_to_multiple_of: int = 0
 
     def __post_init__(self):
-        if self.mode not in ("cope", "iframes-only", "dense"):
+        if self.mode not in (Mode.COPE, Mode.IFRAMES_ONLY, Mode.DENSE):  # delta-zero is an eval ablation
             raise ValueError(f"data.mode must be 'cope', 'iframes-only' or 'dense', got {self.mode!r}")
 
 
@@ -168,7 +169,7 @@ def apply_lora(model, lora: LoraSettings) -> None:
     try:
         model.base.model.language_model = get_peft_model(model.base.model.language_model, settings)
     except ValueError as exc:
-        raise CopeInputError(f"model.lora: {exc}") from None
+        raise CopeInputError(f"model.lora: {exc}") from exc
 
 
 def enable_activation_checkpointing(base) -> None:
@@ -351,34 +352,9 @@ class FinetuneTask(TrainTask):
         return {"loss": total / tokens, "tokens": float(tokens)} if tokens else {}
 
     def save_final(self, model, state_dict, directory: Path) -> None:
-        save_videolm(model, state_dict, directory)
-
-
-def save_videolm(model, state_dict: dict[str, torch.Tensor], directory: Path) -> None:
-    """The CoPE checkpoint of the trained model, from its gathered state dict.
-
-    LoRA adapters in ``state_dict`` are merged into the LLM's weights first (the saved model loads
-    without peft). The layout is ``CopeVideoLM.save_pretrained``'s; the weights come from
-    ``state_dict`` because under FSDP / ZeRO-3 the module itself holds only shards.
-    """
-    from safetensors.torch import save_file
-
-    from cope.model.videolm.configuration_cope import BASE_SUBFOLDER, DELTA_WEIGHTS_NAME
-
-    state_dict = merged_lora_state(state_dict, model)
-    base_state = {k.removeprefix("base."): v for k, v in state_dict.items() if k.startswith("base.")}
-    model.base.save_pretrained(directory / BASE_SUBFOLDER, state_dict=base_state)
-    model.tokenizer.save_pretrained(directory / BASE_SUBFOLDER)
-    config = dataclasses.replace(model.config, base_model=BASE_SUBFOLDER)
-    if model.delta_encoder is not None:
-        delta = {
-            k.removeprefix("delta_encoder."): v.detach().cpu().contiguous()
-            for k, v in state_dict.items()
-            if k.startswith("delta_encoder.")
-        }
-        save_file(delta, str(directory / DELTA_WEIGHTS_NAME))
-        config.delta_encoder = model.delta_encoder.config.to_dict()
-    config.save(directory)  # last: a directory without config.json is not a checkpoint
+        """The CoPE checkpoint, from the gathered state dict (under FSDP / ZeRO-3 the module holds
+        only shards), LoRA adapters merged into the LLM's weights (it loads without peft)."""
+        model.save_pretrained(directory, overwrite=True, state_dict=merged_lora_state(state_dict, model))
 
 
 def merged_lora_state(state_dict: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:

@@ -400,7 +400,7 @@ def _save_state(stem: Path, state: dict) -> None:
     try:
         ckpt.save_state(stem, state)
     except TypeError as exc:  # e.g. an engine that keeps Python objects in its optimizer state
-        raise RuntimeError(f"cannot checkpoint the optimizer state without pickling: {exc}") from None
+        raise RuntimeError(f"cannot checkpoint the optimizer state without pickling: {exc}") from exc
 
 
 class Trainer:
@@ -566,7 +566,7 @@ class Trainer:
                 stop_step,
             )
         except ValueError as exc:
-            raise CopeInputError(f"training data: {exc}") from None
+            raise CopeInputError(f"training data: {exc}") from exc
 
     def _micro_batches(self) -> Iterator[Any]:
         """This process's micro-batches from the current step to the end, epoch by epoch.

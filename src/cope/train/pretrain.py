@@ -10,7 +10,6 @@ checkpoint: ``DeltaEncoder.from_pretrained(OUTPUT/final)`` loads just the encode
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +93,7 @@ def _siglip_tower(name: str) -> nn.Module:
         return SiglipVisionModel.from_pretrained(os.path.expanduser(name))
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CopeInputError(f"{name}: cannot load a SigLIP vision tower ({reason})") from None
+        raise CopeInputError(f"{name}: cannot load a SigLIP vision tower ({reason})") from exc
 
 
 def pretrainer_config(model: Stage1ModelConfig, vision_width: int, feature_layer: int):
@@ -113,7 +112,7 @@ def pretrainer_config(model: Stage1ModelConfig, vision_width: int, feature_layer
             encoder=encoder, target_grid=model.target_grid, feature_layer=feature_layer
         )
     except ValueError as exc:
-        raise CopeInputError(f"model: {exc}") from None
+        raise CopeInputError(f"model: {exc}") from exc
 
 
 class Stage1Model(nn.Module):
@@ -217,22 +216,11 @@ class PretrainTask(TrainTask):
         )
 
     def save_final(self, model, state_dict, directory: Path) -> None:
-        save_pretrainer(model.pretrainer.config, state_dict, directory)
-
-
-def save_pretrainer(config, state_dict: dict[str, torch.Tensor], directory: Path) -> None:
-    """A ``DeltaPretrainer`` checkpoint (config.json + model.safetensors) from the gathered weights."""
-    from safetensors.torch import save_file
-
-    from cope.model.delta.modeling_delta import CONFIG_NAME, WEIGHTS_NAME
-
-    weights = {
-        name.removeprefix("pretrainer."): t.detach().cpu().contiguous()
-        for name, t in state_dict.items()
-        if name.startswith("pretrainer.")
-    }
-    save_file(weights, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    (directory / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        """The ``DeltaPretrainer`` checkpoint, from the gathered state dict."""
+        weights = {
+            k.removeprefix("pretrainer."): v for k, v in state_dict.items() if k.startswith("pretrainer.")
+        }
+        model.pretrainer.save_pretrained(directory, overwrite=True, state_dict=weights)
 
 
 def run_pretrain(config: PretrainConfig, resume: bool = False, progress: bool = True):

@@ -4,7 +4,7 @@ LLaVA-Video starts from SigLIP, whose tokens already name what is in each patch.
 SigLIP is reachable here, and a randomly initialised tower gives tokens that barely differ from
 patch to patch, so the tiny recipe first teaches its tower what a patch shows: every patch token
 (hidden state −2, the one the VideoLM reads) predicts the colour and the shape of the object
-covering that patch, or background (``motionqa_render.patch_labels``), with a linear head that is
+covering that patch, or background (``cope.motionqa.render.patch_labels``), with a linear head that is
 dropped afterwards. The result, ``OUTPUT/final``, is the base CoPE checkpoint with the trained
 tower; stages 0–2 keep the tower frozen.
 """
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cope.data.motionqa_render import COLOURS, SHAPES, Scene, patch_labels
 from cope.errors import CopeInputError
+from cope.motionqa.render import COLOURS, SHAPES, Scene, patch_labels
 from cope.train.config import to_dict
 from cope.train.loop import LoopConfig, TrainTask
 

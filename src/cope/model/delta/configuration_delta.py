@@ -11,9 +11,7 @@ input scaling) are fields here, documented in docs/delta-encoder.md.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cope.errors import CopeInputError
 
@@ -145,26 +143,13 @@ def _build(cls, data: dict, model_type: str, source: str):
     try:
         return cls(**data)
     except (TypeError, ValueError) as exc:
-        raise CopeInputError(f"{source}: {exc}") from None
+        raise CopeInputError(f"{source}: {exc}") from exc
 
 
 def _check_model_type(data: dict, model_type: str, source: str) -> None:
     found = data.get("model_type", model_type)
     if found != model_type:
         raise CopeInputError(f"{source}: model_type is {found!r}, expected {model_type!r}")
-
-
-def read_config_json(path: Path) -> dict:
-    """config.json → dict, with one-line errors naming the file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CopeInputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CopeInputError(f"{path}: not a readable JSON file ({exc})") from None
-    if not isinstance(data, dict):
-        raise CopeInputError(f"{path}: expected a JSON object")
-    return data
 
 
 def delta_encoder_config(name: str, **overrides) -> DeltaEncoderConfig:

@@ -16,21 +16,20 @@ bottom.
 
 from __future__ import annotations
 
+import json
 import os
-import re
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cope.errors import CopeInputError
+from cope.hub import atomic_write_text, load_safetensors, read_json, resolve_directory, save_safetensors
 from cope.model.delta.configuration_delta import (
     PRETRAINER_MODEL_TYPE,
     DeltaEncoderConfig,
     DeltaPretrainerConfig,
-    read_config_json,
 )
 
 CONFIG_NAME = "config.json"
@@ -188,12 +187,9 @@ class ResidualBackbone(nn.Module):
         from transformers import ResNetModel
 
         self.resnet = ResNetModel(resnet_config(config))
+        self.out_channels = config.resnet_hidden_sizes[-1]
         if len(self.resnet.encoder.stages) == 4:
             _dilate_stage(self.resnet.encoder.stages[3])
-
-    @property
-    def out_channels(self) -> int:
-        return self.resnet.config.hidden_sizes[-1]
 
     def forward(self, residual: torch.Tensor) -> torch.Tensor:
         x = self.resnet.embedder(residual)
@@ -213,7 +209,7 @@ class ResidualBackbone(nn.Module):
             pretrained = ResNetModel.from_pretrained(str(path_or_id), use_safetensors=True)
         except (OSError, ValueError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CopeInputError(f"{path_or_id}: cannot load a ResNet checkpoint ({first_line})") from None
+            raise CopeInputError(f"{path_or_id}: cannot load a ResNet checkpoint ({first_line})") from exc
         own = self.resnet.state_dict()
         theirs = pretrained.state_dict()
         missing = sorted(k for k in own if k not in theirs)
@@ -305,14 +301,17 @@ class DeltaEncoder(nn.Module):
         """Initialise the residual branch's ResNet from a transformers ResNet checkpoint."""
         self.residual_backbone.load_pretrained_resnet(path_or_id)
 
-    def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
-        return save_checkpoint(self, self.config.to_dict(), directory, overwrite)
+    def save_pretrained(
+        self, directory: str | os.PathLike, overwrite: bool = False, state_dict: dict | None = None
+    ) -> Path:
+        """config.json + model.safetensors (``state_dict``: gathered weights to write instead)."""
+        return save_checkpoint(self, self.config.to_dict(), directory, overwrite, state_dict)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike) -> DeltaEncoder:
         """Load a Δ-encoder checkpoint, or just the encoder out of a ``DeltaPretrainer`` checkpoint."""
         directory = resolve_checkpoint(path_or_id)
-        data = read_config_json(directory / CONFIG_NAME)
+        data = read_json(directory / CONFIG_NAME)
         source = str(directory / CONFIG_NAME)
         if data.get("model_type") == PRETRAINER_MODEL_TYPE:
             config = DeltaPretrainerConfig.from_dict(data, source).encoder
@@ -337,55 +336,39 @@ def _check_primitives(mv: torch.Tensor, residual: torch.Tensor, patch: int) -> N
 
 # ── checkpoints: config.json + model.safetensors ─────────────────────────────────────────────────
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
 
 def resolve_checkpoint(path_or_id: str | os.PathLike) -> Path:
     """A local checkpoint directory, or a Hugging Face Hub id downloaded to the local cache."""
-    path = Path(path_or_id)
-    if path.is_dir():
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (path / name).is_file():
-                raise CopeInputError(f"{path}: not a checkpoint directory (no {name})")
-        return path
-    if path.exists():
-        raise CopeInputError(f"{path}: not a directory (a checkpoint is a directory with {CONFIG_NAME})")
-    if not _HUB_ID.match(str(path_or_id)):
-        raise CopeInputError(f"{path}: no such checkpoint directory")
-    from huggingface_hub import snapshot_download
-
-    try:
-        local = snapshot_download(str(path_or_id), allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
-    except Exception as exc:  # network, auth, missing repo: all mean "cannot get it"
-        raise CopeInputError(
-            f"{path_or_id}: no such directory, and not downloadable from the Hugging Face Hub ({type(exc).__name__})"
-        ) from None
-    return resolve_checkpoint(local)
+    directory = resolve_directory(path_or_id, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise CopeInputError(f"{directory}: not a checkpoint directory (no {name})")
+    return directory
 
 
-def save_checkpoint(module: nn.Module, config: dict, directory: str | os.PathLike, overwrite: bool) -> Path:
-    """Write config.json + model.safetensors; each file appears only once complete."""
-    import json
+def save_checkpoint(
+    module: nn.Module,
+    config: dict,
+    directory: str | os.PathLike,
+    overwrite: bool,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write config.json + model.safetensors, each appearing only once complete.
 
+    ``state_dict``: the weights to write instead of ``module``'s own (under FSDP / ZeRO-3 the module
+    holds only shards; the training loop passes the gathered ones).
+    """
     directory = Path(directory)
     if not overwrite and any((directory / n).exists() for n in (CONFIG_NAME, WEIGHTS_NAME)):
         raise CopeInputError(f"{directory}: already holds a checkpoint (pass overwrite=True to replace it)")
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    weights_tmp = directory / f".{WEIGHTS_NAME}.tmp"
-    save_file(state, str(weights_tmp), metadata={"format": "pt"})
-    os.replace(weights_tmp, directory / WEIGHTS_NAME)
-    config_tmp = directory / f".{CONFIG_NAME}.tmp"
-    config_tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(config_tmp, directory / CONFIG_NAME)
+    save_safetensors(module.state_dict() if state_dict is None else state_dict, directory / WEIGHTS_NAME)
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return directory
 
 
 def load_weights(directory: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(directory / WEIGHTS_NAME))
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise CopeInputError(f"{directory / WEIGHTS_NAME}: not a readable safetensors file ({exc})") from None
+    return load_safetensors(directory / WEIGHTS_NAME)
 
 
 def build_from_state(cls, config, state: dict[str, torch.Tensor], directory: Path):
@@ -402,5 +385,5 @@ def build_from_state(cls, config, state: dict[str, torch.Tensor], directory: Pat
     except RuntimeError as exc:
         raise CopeInputError(
             f"{directory / WEIGHTS_NAME}: weights do not match {CONFIG_NAME} ({exc})"
-        ) from None
+        ) from exc
     return model.eval()

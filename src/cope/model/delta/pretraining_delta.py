@@ -20,17 +20,19 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cope.hub import read_json
 from cope.model.delta.configuration_delta import (
     TARGET_GRIDS,
     DeltaEncoderConfig,
     DeltaPretrainerConfig,
-    read_config_json,
 )
 from cope.model.delta.modeling_delta import (
     CONFIG_NAME,
@@ -126,14 +128,17 @@ class DeltaPretrainer(nn.Module):
             loss = F.mse_loss(predicted.float(), target_tokens.float())
         return DeltaPretrainerOutput(predicted=predicted, delta_tokens=delta_tokens, loss=loss)
 
-    def save_pretrained(self, directory: str | os.PathLike, overwrite: bool = False):
-        return save_checkpoint(self, self.config.to_dict(), directory, overwrite)
+    def save_pretrained(
+        self, directory: str | os.PathLike, overwrite: bool = False, state_dict: dict | None = None
+    ) -> Path:
+        """config.json + model.safetensors (``state_dict``: gathered weights to write instead)."""
+        return save_checkpoint(self, self.config.to_dict(), directory, overwrite, state_dict)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike) -> DeltaPretrainer:
         directory = resolve_checkpoint(path_or_id)
         config = DeltaPretrainerConfig.from_dict(
-            read_config_json(directory / CONFIG_NAME), str(directory / CONFIG_NAME)
+            read_json(directory / CONFIG_NAME), str(directory / CONFIG_NAME)
         )
         return build_from_state(cls, config, load_weights(directory), directory)
 
@@ -147,7 +152,7 @@ def _grid_side(count: int) -> int:
 
 @torch.no_grad()
 def frame_tokens(
-    vision_tower: nn.Module,
+    vision_tower: Any,  # a transformers SiglipVisionModel (its ``config`` is invisible to type checkers)
     frames: np.ndarray | torch.Tensor,
     target_grid: str = "pooled",
     feature_layer: int = -2,

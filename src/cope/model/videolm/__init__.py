@@ -14,7 +14,7 @@ from cope.model.videolm.builders import (
     tiny_random,
     word_tokenizer,
 )
-from cope.model.videolm.configuration_cope import MODES, QWEN_1_5_CHAT_TEMPLATE, CopeConfig
+from cope.model.videolm.configuration_cope import MODES, CopeConfig
 from cope.model.videolm.encoding import EncodedVideo, encode_video
 from cope.model.videolm.generation import (
     Answer,
@@ -25,7 +25,7 @@ from cope.model.videolm.generation import (
     Timings,
 )
 from cope.model.videolm.modeling_cope import CopeLMOutput, CopeVideoLM, TrainingBatch
-from cope.model.videolm.prompting import PromptInputs
+from cope.model.videolm.prompting import QWEN_1_5_CHAT_TEMPLATE, PromptInputs
 
 __all__ = [
     "MODES",

@@ -24,8 +24,9 @@ import torch
 
 from cope.codec.canonical import CanonicalSettings
 from cope.errors import CopeInputError
-from cope.model.videolm.configuration_cope import QWEN_1_5_CHAT_TEMPLATE, CopeConfig
+from cope.model.videolm.configuration_cope import CopeConfig
 from cope.model.videolm.modeling_cope import CopeVideoLM, resolve_device, resolve_dtype
+from cope.model.videolm.prompting import QWEN_1_5_CHAT_TEMPLATE
 from cope.plan import PAPER_LAYOUT, TokenLayout
 
 PAPER_7B_BASE = "llava-hf/LLaVA-Video-7B-Qwen2-hf"
@@ -192,7 +193,7 @@ def cope_tiny_init(tokenizer=None, seed: int = 0) -> CopeVideoLM:
         base_model="base",
         delta_encoder=delta_config.to_dict(),
         layout=TokenLayout(image_side=7),
-        canonical=CanonicalSettings(fps=30, gop=240, width=128, height=128),
+        canonical=CanonicalSettings(width=128, height=128),
         dense_frames=8,
         chat_template=CHATML_TEMPLATE,
     )
@@ -251,8 +252,8 @@ def tiny_random(
     text_width: int = 64,
     layers: int = 2,
     canonical_side: int = 48,
-    canonical_fps: int = 30,
-    canonical_gop: int = 240,
+    canonical_fps: int = CanonicalSettings.fps,
+    canonical_gop: int = CanonicalSettings.gop,
     vocab_words: Iterable[str] = DEFAULT_WORDS,
     text_model: str = "qwen2",
     with_delta_encoder: bool = True,
@@ -323,17 +324,17 @@ def paper_7b(device: str = "auto", dtype: str | torch.dtype | None = None, delta
     ``delta_encoder``: a pre-trained ``DeltaEncoder`` (stage 1); None = freshly initialised with
     the paper's dimensions (the start of stage 2). Downloads ~16 GB of weights on first use.
     """
-    from cope.model.delta import DeltaEncoder, DeltaEncoderConfig
+    from cope.model.delta import DeltaEncoder, delta_encoder_config
     from cope.model.videolm.loading import load_base
 
     config = paper_7b_config()
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
-    base, tokenizer = load_base(config.base_model, dtype)
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    base, tokenizer = load_base(config.base_model, torch_dtype)
     if delta_encoder is None:
-        delta_encoder = DeltaEncoder(DeltaEncoderConfig.from_dict(config.delta_encoder))
+        delta_encoder = DeltaEncoder(delta_encoder_config("paper"))
     model = CopeVideoLM(config, base, tokenizer, delta_encoder, name="paper-7b", base_source=PAPER_7B_BASE)
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=target, dtype=torch_dtype).eval()
 
 
 def paper_7b_base_config():
@@ -390,16 +391,18 @@ def paper_7b_random(
 
     from cope.model.delta import DeltaEncoder, delta_encoder_config
 
-    device = torch.device("meta") if str(device) == "meta" else resolve_device(device)
-    dtype = resolve_dtype("bfloat16" if device.type == "meta" and dtype in (None, "auto") else dtype, device)
+    target = torch.device("meta") if str(device) == "meta" else resolve_device(device)
+    torch_dtype = resolve_dtype(
+        "bfloat16" if target.type == "meta" and dtype in (None, "auto") else dtype, target
+    )
     tokenizer = word_tokenizer()
     base_config = paper_7b_base_config()
     base_config.image_token_index = base_config.video_token_index = tokenizer.convert_tokens_to_ids(VIDEO)
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # initialise in the target dtype: no float32 copy of 8B weights
+    torch.set_default_dtype(torch_dtype)  # initialise in the target dtype: no float32 copy of 8B weights
     try:
-        with torch.device(device):
+        with target:
             base = LlavaOnevisionForConditionalGeneration(base_config)
             delta_encoder = DeltaEncoder(delta_encoder_config(delta))
     finally:

@@ -18,28 +18,11 @@ from pathlib import Path
 
 from cope.codec.canonical import CanonicalSettings
 from cope.errors import CopeInputError
-from cope.plan import DEFAULT_FUSION, DENSE_FRAMES, MAX_GOPS, PAPER_LAYOUT, TokenLayout
+from cope.hub import atomic_write_text, read_json
+from cope.model.videolm.loading import CONFIG_NAME, read_base_config, resolve_checkpoint
+from cope.plan import DEFAULT_FUSION, DENSE_FRAMES, MAX_GOPS, MODES, PAPER_LAYOUT, TokenLayout
 
-CONFIG_NAME = "config.json"
-DELTA_WEIGHTS_NAME = "delta_encoder.safetensors"
-BASE_SUBFOLDER = "base"
 COPE_VERSION = 1
-
-MODES = ("cope", "iframes-only", "dense", "delta-zero")
-
-# LLaVA-Video's ``qwen_1_5`` conversation format (ChatML): the system turn is added when the
-# conversation has none. Rendered for one question:
-#   <|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<video>\nQ<|im_end|>\n
-#   <|im_start|>assistant\n
-QWEN_1_5_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 @dataclass
@@ -88,37 +71,40 @@ class CopeConfig:
         return {"cope_version": COPE_VERSION, **data}
 
     @classmethod
-    def from_dict(cls, data: dict) -> CopeConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: dict, source: str = "config") -> CopeConfig:
+        """The config of ``to_dict``'s form; unknown keys and other versions are errors naming ``source``
+        (a misspelt field must not be dropped silently)."""
+        data = dict(data)
+        version = data.pop("cope_version", COPE_VERSION)
+        if version != COPE_VERSION:
+            raise CopeInputError(
+                f"{source}: cope_version {version!r} is not supported (this cope reads {COPE_VERSION})"
+            )
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise CopeInputError(f"{source}: unknown CopeConfig fields: {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise CopeInputError(f"{source}: not a valid CoPE config ({exc})") from exc
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / CONFIG_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id: str | Path) -> CopeConfig:
         """Read a checkpoint's config without loading weights (CoPE checkpoint or bare base model)."""
-        from cope.model.videolm.loading import read_base_config, resolve_checkpoint
-
         resolved = resolve_checkpoint(str(path_or_hub_id))
         if resolved.cope_dir is None:
             return base_only_config(resolved.base_model, read_base_config(resolved.base_model))
         return read_config(resolved.cope_dir)
 
 
-def is_cope_config(data: dict) -> bool:
-    return "cope_version" in data
-
-
 def read_config(directory: Path) -> CopeConfig:
     path = Path(directory) / CONFIG_NAME
-    try:
-        data = json.loads(path.read_text())
-        return CopeConfig.from_dict(data)
-    except (OSError, ValueError, TypeError) as exc:
-        raise CopeInputError(f"{path}: not a valid CoPE config ({exc})") from None
+    return CopeConfig.from_dict(read_json(path), str(path))
 
 
 def base_only_config(base_model: str, base_config) -> CopeConfig:

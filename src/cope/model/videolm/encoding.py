@@ -16,6 +16,7 @@ Modes:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,8 @@ from tqdm import tqdm
 from cope.codec.extract import CodecVideo, open_video
 from cope.codec.primitives import IFrame, PFrame, StreamInfo
 from cope.errors import CopeInputError
+from cope.model.inputs import interleave
 from cope.model.videolm.configuration_cope import MODES
-from cope.model.videolm.modeling_cope import interleave
 from cope.plan import PlanEntry, TokenPlan, dense_plan
 
 
@@ -40,6 +41,7 @@ class EncodedVideo:
     mode: str
     stream: StreamInfo  # the canonical stream
     extract_s: float = 0.0  # codec: decoding, motion export, fusion, residuals
+    transcode_s: float = 0.0  # codec: opening the video (transcode or cache lookup, header scan)
     vision_s: float = 0.0  # vision tower + projector + pooling, all RGB frames
     delta_s: float = 0.0  # Δ-encoder + projector, all P-frames
 
@@ -68,7 +70,7 @@ def mode_plan(
     try:
         plan = video.plan(fusion=fusion, keyframes_per_gop=keyframes_per_gop, max_gops=max_gops)
     except ValueError as exc:
-        raise CopeInputError(str(exc)) from None
+        raise CopeInputError(str(exc)) from exc
     keyframes = plan.keyframes_only()
     if mode == "cope":
         return plan, plan
@@ -92,8 +94,10 @@ def encode_video(
     """Decode, sample and embed a video under ``mode`` (default: the model's)."""
     config = model.config
     mode = mode or config.mode
+    opened = time.perf_counter()
     if not isinstance(video, CodecVideo):
         video = open_video(video, config.canonical, cache_dir=cache_dir, progress=progress)
+    transcode_s = time.perf_counter() - opened
     plan, decoded_plan = mode_plan(
         video,
         mode,
@@ -109,6 +113,7 @@ def encode_video(
     encoder = _StreamingEncoder(model, plan, zero_deltas=mode == "delta-zero")
     start = time.perf_counter()
     with torch.inference_mode():
+        entries: Iterator[IFrame | PFrame | PlanEntry]
         if mode == "dense":
             entries = (
                 IFrame(index, 0.0, 0, rgb)
@@ -131,6 +136,7 @@ def encode_video(
         mode=mode,
         stream=video.info,
         extract_s=max(total - encoder.vision_s - encoder.delta_s, 0.0),
+        transcode_s=transcode_s,
         vision_s=encoder.vision_s,
         delta_s=encoder.delta_s,
     )
@@ -181,11 +187,11 @@ class _StreamingEncoder:
         model = self.model
         kinds = ["I" if isinstance(e, IFrame) else "P" for e in self.pending]
         rgb = [e.rgb for e in self.pending if isinstance(e, IFrame)]
-        deltas = [e for e in self.pending if not isinstance(e, IFrame)]
+        deltas = [e for e in self.pending if isinstance(e, PFrame)]  # PlanEntry: a P to zero
         image_blocks = self._timed("vision_s", model.image_tokens, _stack(rgb, np.uint8))
         delta_blocks = None
         if self.zero_deltas:
-            delta_blocks = model.zero_delta_tokens(len(deltas))
+            delta_blocks = model.zero_delta_tokens(kinds.count("P"))
         elif deltas:
             mv = _stack([e.mv for e in deltas], np.float32)
             residual = _stack([e.residual for e in deltas], np.float32)
@@ -210,3 +216,40 @@ def _stack(arrays: list[np.ndarray], dtype) -> torch.Tensor:
     if not arrays:
         return torch.zeros(0, 1, 1, 3, dtype=torch.uint8)
     return torch.from_numpy(np.stack(arrays).astype(dtype, copy=False))
+
+
+def encode_source_frames(model, path: str | Path, num_samples: int | None = None) -> EncodedVideo:
+    """Dense mode read straight from the input file: no canonical stream, no transcode.
+
+    ``num_samples`` uniformly spaced frames (default: the model's ``dense_frames``) are sought and
+    decoded from the input's own stream at the canonical times and size
+    (``cope.codec.source``), the way a dense baseline that has never seen the video gets its
+    frames. ``extract_s`` is that decoding; ``stream`` describes the canonical sampling grid (its
+    GOPs and frame types are not scanned: 0).
+    """
+    from cope.codec.source import sample_source_frames, source_frame_count
+
+    config = model.config
+    num_samples = num_samples or config.dense_frames
+    start = time.perf_counter()
+    total = source_frame_count(path, config.canonical)
+    plan = dense_plan(total, num_samples)
+    encoder = _StreamingEncoder(model, plan, zero_deltas=False)
+    with torch.inference_mode():
+        for index, rgb in sample_source_frames(path, num_samples, config.canonical):
+            encoder.add(IFrame(index, index / config.canonical.fps, 0, rgb))
+        embeds = encoder.finish()
+    synchronize(model.device)
+    elapsed = time.perf_counter() - start
+    canonical = config.canonical
+    grid = StreamInfo(
+        "source", canonical.width, canonical.height, canonical.fps, total, total / canonical.fps, 0
+    )
+    return EncodedVideo(
+        embeds=embeds,
+        plan=plan,
+        mode="dense",
+        stream=grid,
+        extract_s=max(elapsed - encoder.vision_s, 0.0),
+        vision_s=encoder.vision_s,
+    )

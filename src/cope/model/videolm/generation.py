@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
 
+from cope import signals
 from cope.errors import CopeInputError
 from cope.model.videolm.encoding import EncodedVideo, synchronize
 from cope.model.videolm.prompting import PromptInputs, check_question, render_chat, tokenize, video_turn
@@ -31,10 +32,23 @@ class GenerationConfig:
     top_p: float = 1.0  # nucleus sampling mass, when sampling
     seed: int | None = None  # sampling seed (None: nondeterministic)
     ignore_eos: bool = False  # decode through EOS / end of turn up to max_new_tokens (`cope bench`)
+    # The end tokens are suppressed until this many tokens are out (vLLM's ``min_tokens``): fixed-
+    # length answers for load tests, without decoding past an end the way ``ignore_eos`` does.
+    min_tokens: int = 0
+    # Prefill the prompt this many positions per forward (None: all at once). A stream with a
+    # ``should_stop`` check consults it between chunks, so a long prompt can be cancelled midway.
+    # Greedy answers are the same either way: each chunk attends to the cached positions before it.
+    prefill_chunk_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise CopeInputError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_tokens <= self.max_new_tokens:
+            raise CopeInputError(
+                f"min_tokens must be between 0 and max_new_tokens ({self.max_new_tokens}), got {self.min_tokens}"
+            )
+        if self.prefill_chunk_tokens is not None and self.prefill_chunk_tokens < 1:
+            raise CopeInputError(f"prefill_chunk_tokens must be ≥ 1, got {self.prefill_chunk_tokens}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise CopeInputError("temperature must be ≥ 0 and top_p in (0, 1]")
 
@@ -127,7 +141,13 @@ def _last_logits(model, cache, inputs_embeds: torch.Tensor) -> torch.Tensor:
     return model.lm_head(out.last_hidden_state[0, -1]).float()
 
 
-def _choose(logits: torch.Tensor, generation: GenerationConfig, generator: torch.Generator | None) -> int:
+def _choose(
+    logits: torch.Tensor, generation: GenerationConfig, generator: torch.Generator | None, blocked=None
+) -> int:
+    """The next token: greedy, or sampled; never one of ``blocked`` (token ids)."""
+    if blocked:
+        logits = logits.clone()
+        logits[..., list(blocked)] = float("-inf")
     if generation.temperature == 0:
         return int(logits.argmax())
     probs = torch.softmax(logits.cpu() / generation.temperature, dim=-1)
@@ -138,11 +158,18 @@ def _choose(logits: torch.Tensor, generation: GenerationConfig, generator: torch
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def _blocked_stops(model, generation: GenerationConfig, produced: int) -> frozenset[int] | None:
+    """The stop tokens while fewer than ``min_tokens`` tokens are out, else None."""
+    return model.stop_token_ids if produced < generation.min_tokens else None
+
+
 class TextStream:
     """Iterate for the answer's text pieces; ``answer`` is set once the iteration ends.
 
     ``finish()`` drains the stream and returns the ``Answer``; ``close()`` stops early (the answer
-    so far gets finish_reason "cancelled").
+    so far gets finish_reason "cancelled"). ``should_stop``, when given, is asked between prefill
+    chunks and before every decode step; once it says True the stream ends as "cancelled" (a server
+    uses it for disconnected clients and deadlines, which must not wait for a whole prefill).
     """
 
     def __init__(
@@ -155,12 +182,17 @@ class TextStream:
         generation: GenerationConfig,
         encoded: EncodedVideo | None,
         on_done: Callable[[Answer, int, bool], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ):
         self.model = model
         self.cache = cache
         self.answer: Answer | None = None
+        self.prompt_tokens = context_tokens  # known before the prefill runs (servers check it)
         self._on_done = on_done
-        self._pieces = self._run(inputs_embeds, context_tokens, visual_tokens, generation, encoded)
+        self._should_stop = should_stop or (lambda: False)
+        self._pieces: Generator[str, None, None] = self._run(
+            inputs_embeds, context_tokens, visual_tokens, generation, encoded
+        )
 
     def __iter__(self) -> Iterator[str]:
         return self._pieces
@@ -171,12 +203,28 @@ class TextStream:
     def finish(self) -> Answer:
         for _ in self._pieces:
             pass
+        if self.answer is None:  # set by the generator's ``finally`` on every way out
+            raise RuntimeError("the stream ended without an answer")
         return self.answer
 
     def close(self) -> None:
         self._pieces.close()
 
-    def _run(self, inputs_embeds, context_tokens, visual_tokens, generation, encoded) -> Iterator[str]:
+    def _prefill(self, inputs_embeds: torch.Tensor, chunk: int | None) -> torch.Tensor | None:
+        """The last position's logits after feeding the prompt; None when stopped in between."""
+        total = inputs_embeds.shape[1]
+        step = chunk or total
+        logits = None
+        for start in range(0, total, step):
+            signals.check()
+            if self._should_stop():
+                return None
+            logits = _last_logits(self.model, self.cache, inputs_embeds[:, start : start + step])
+        return logits
+
+    def _run(
+        self, inputs_embeds, context_tokens, visual_tokens, generation, encoded
+    ) -> Generator[str, None, None]:
         model, device = self.model, self.model.device
         generator = None
         if generation.seed is not None:
@@ -197,7 +245,10 @@ class TextStream:
             with torch.inference_mode():
                 synchronize(device)
                 start = time.perf_counter()
-                token = _choose(_last_logits(model, self.cache, inputs_embeds), generation, generator)
+                logits = self._prefill(inputs_embeds, generation.prefill_chunk_tokens)
+                if logits is None:  # stopped mid-prefill: the cache holds part of the prompt
+                    return
+                token = _choose(logits, generation, generator, _blocked_stops(model, generation, 0))
                 synchronize(device)
                 timings.prefill_s = time.perf_counter() - start
             timings.ttft_s = timings.vision_s + timings.delta_s + timings.prefill_s
@@ -215,10 +266,16 @@ class TextStream:
                 if len(ids) >= generation.max_new_tokens:
                     finish = "length"
                     break
+                if self._should_stop():  # finish stays "cancelled"; the cache holds what was fed
+                    break
+                signals.check()  # a signal swallowed inside torch or a callback still stops us
                 start = time.perf_counter()
                 with torch.inference_mode():
                     step = model.embed_text(torch.tensor([token])).unsqueeze(0)  # (1, 1, D)
-                    token = _choose(_last_logits(model, self.cache, step), generation, generator)
+                    logits = _last_logits(model, self.cache, step)
+                    token = _choose(
+                        logits, generation, generator, _blocked_stops(model, generation, len(ids))
+                    )
                     fed += 1
                     synchronize(device)
                 timings.decode_s += time.perf_counter() - start
@@ -284,7 +341,8 @@ class ChatSession:
     def ask(self, question: str) -> Answer:
         return self.stream(question).finish()
 
-    def stream(self, question: str) -> TextStream:
+    def stream(self, question: str, should_stop: Callable[[], bool] | None = None) -> TextStream:
+        """The answer to ``question`` as a ``TextStream`` (see there for ``should_stop``)."""
         model = self.model
         if self._active is not None and self._active.answer is None:
             self._active.close()  # an abandoned stream ends its turn as "cancelled"
@@ -324,5 +382,6 @@ class ChatSession:
             self.generation,
             encoded,
             done,
+            should_stop,
         )
         return self._active

@@ -10,23 +10,21 @@ Anything else is a ``CopeInputError`` with one line naming the argument and the 
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cope.errors import CopeInputError
-from cope.model.videolm.configuration_cope import (
-    BASE_SUBFOLDER,
-    CONFIG_NAME,
-    QWEN_1_5_CHAT_TEMPLATE,
-    is_cope_config,
-)
+from cope.hub import read_json, resolve_directory
+from cope.model.videolm.prompting import QWEN_1_5_CHAT_TEMPLATE
 
 LLAVA_ONEVISION_TYPE = "llava_onevision"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# The CoPE checkpoint layout (see ``configuration_cope``): config.json with "cope_version",
+# the Δ-encoder's weights, and optionally the base model in its own subfolder.
+CONFIG_NAME = "config.json"
+DELTA_WEIGHTS_NAME = "delta_encoder.safetensors"
+BASE_SUBFOLDER = "base"
 
 
 @dataclass(frozen=True)
@@ -37,50 +35,30 @@ class ResolvedCheckpoint:
 
 
 def resolve_checkpoint(name: str) -> ResolvedCheckpoint:
-    """Decide what ``name`` is, reading at most one config.json (downloaded for hub ids)."""
+    """Decide what ``name`` is, reading one config.json (for a Hub id, downloading only it first)."""
     path = Path(name).expanduser()
-    if path.exists():
-        return _resolve_local(name, path)
-    if not _HUB_ID.match(name) or name.startswith((".", "~")) or name.count("/") > 1:
-        raise CopeInputError(f"{name}: no such model directory")
-    return _resolve_hub(name)
-
-
-def _resolve_local(name: str, path: Path) -> ResolvedCheckpoint:
-    if not path.is_dir():
+    if path.exists() and not path.is_dir():
         raise CopeInputError(f"{name}: not a model directory (expected config.json + *.safetensors)")
-    data = _read_json(path / CONFIG_NAME)
+    local = path.is_dir()
+    directory = resolve_directory(name, allow_patterns=None if local else [CONFIG_NAME])
+    if not (directory / CONFIG_NAME).is_file():
+        raise CopeInputError(f"{directory}: not a model directory (no config.json)")
+    data = read_json(directory / CONFIG_NAME)
     if is_cope_config(data):
-        return ResolvedCheckpoint(name, path, _base_location(path, data))
+        if not local:  # a CoPE checkpoint: now the whole repo (weights, base/ folder)
+            directory = resolve_directory(name)
+        return ResolvedCheckpoint(name, directory, _base_location(directory, data))
     if data.get("model_type") == LLAVA_ONEVISION_TYPE:
-        return ResolvedCheckpoint(name, None, str(path))
+        # A bare base model: transformers' from_pretrained reads it from the path or the Hub itself.
+        return ResolvedCheckpoint(name, None, str(directory) if local else name)
     raise CopeInputError(
-        f"{path / CONFIG_NAME}: neither a CoPE checkpoint nor a LLaVA-OneVision model "
+        f"{directory / CONFIG_NAME}: neither a CoPE checkpoint nor a LLaVA-OneVision model "
         f"(model_type {data.get('model_type')!r})"
     )
 
 
-def _resolve_hub(repo_id: str) -> ResolvedCheckpoint:
-    try:
-        from huggingface_hub import hf_hub_download, snapshot_download
-
-        data = json.loads(Path(hf_hub_download(repo_id, CONFIG_NAME)).read_text())
-        if not is_cope_config(data):
-            if data.get("model_type") != LLAVA_ONEVISION_TYPE:
-                raise CopeInputError(
-                    f"{repo_id}: neither a CoPE checkpoint nor a LLaVA-OneVision model "
-                    f"(model_type {data.get('model_type')!r})"
-                )
-            return ResolvedCheckpoint(repo_id, None, repo_id)
-        local = Path(snapshot_download(repo_id))
-    except CopeInputError:
-        raise
-    except Exception as exc:  # offline, unknown repo, gated repo, …: one line for the user
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CopeInputError(
-            f"{repo_id}: not a local directory, and the Hugging Face Hub could not provide it ({reason})"
-        ) from None
-    return ResolvedCheckpoint(repo_id, local, _base_location(local, data))
+def is_cope_config(data: dict) -> bool:
+    return "cope_version" in data
 
 
 def _base_location(checkpoint: Path, data: dict) -> str:
@@ -95,18 +73,6 @@ def _base_location(checkpoint: Path, data: dict) -> str:
     return base
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CopeInputError(f"{path.parent}: not a model directory (no config.json)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CopeInputError(f"{path}: not a readable JSON file ({exc})") from None
-    if not isinstance(data, dict):
-        raise CopeInputError(f"{path}: expected a JSON object")
-    return data
-
-
 def load_base(base_model: str, dtype: torch.dtype):
     """The LLaVA-OneVision model and its tokenizer (never ``trust_remote_code``)."""
     from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
@@ -116,7 +82,7 @@ def load_base(base_model: str, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(base_model)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CopeInputError(f"{base_model}: cannot load the LLaVA-OneVision base model ({reason})") from None
+        raise CopeInputError(f"{base_model}: cannot load the LLaVA-OneVision base model ({reason})") from exc
     if tokenizer.chat_template is None and "<|im_start|>" in tokenizer.get_vocab():
         # llava-hf checkpoints keep the template in the processor; LLaVA-Video's is qwen_1_5.
         tokenizer.chat_template = QWEN_1_5_CHAT_TEMPLATE
@@ -131,4 +97,4 @@ def read_base_config(base_model: str):
         return AutoConfig.from_pretrained(base_model)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CopeInputError(f"{base_model}: cannot read the base model's config ({reason})") from None
+        raise CopeInputError(f"{base_model}: cannot read the base model's config ({reason})") from exc

@@ -21,20 +21,21 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cope.errors import CopeInputError
-from cope.model.inputs import VisualInput
-from cope.model.videolm.configuration_cope import (
-    BASE_SUBFOLDER,
-    DELTA_WEIGHTS_NAME,
-    CopeConfig,
-    base_only_config,
-    read_config,
-)
+from cope.hub import load_safetensors, save_safetensors
+from cope.model.delta import DeltaEncoder
+from cope.model.inputs import VisualInput, interleave
+from cope.model.videolm.configuration_cope import CopeConfig, base_only_config, read_config
+from cope.model.videolm.encoding import encode_video
+from cope.model.videolm.generation import ChatSession, stream
+from cope.model.videolm.loading import BASE_SUBFOLDER, DELTA_WEIGHTS_NAME, load_base, resolve_checkpoint
+from cope.model.videolm.prompting import build_prompt
 from cope.model.vision import bilinear_pool, frames_to_pixels, vision_features, with_row_newlines
 
 IGNORE_INDEX = -100
@@ -65,7 +66,7 @@ class CopeVideoLM(nn.Module):
         config: CopeConfig,
         base: nn.Module,
         tokenizer,
-        delta_encoder: nn.Module | None = None,
+        delta_encoder: DeltaEncoder | None = None,
         name: str | None = None,
         base_source: str | None = None,
     ):
@@ -74,7 +75,8 @@ class CopeVideoLM(nn.Module):
         self.config = replace(
             config, delta_encoder=None if delta_encoder is None else delta_encoder.config.to_dict()
         )
-        self.base = base  # LlavaOnevisionForConditionalGeneration
+        # LlavaOnevisionForConditionalGeneration; Any: its sub-modules are attributes type checkers cannot see.
+        self.base: Any = base
         self.delta_encoder = delta_encoder
         self.tokenizer = tokenizer
         self.name = name or config.base_model  # what it was loaded from (reported by `cope ask`)
@@ -162,9 +164,8 @@ class CopeVideoLM(nn.Module):
 
     def _stop_token_ids(self) -> frozenset[int]:
         """EOS and the chat template's end-of-turn tokens: generation stops at any of them."""
-        ids = set()
         eos = getattr(self.base.generation_config, "eos_token_id", None)
-        ids.update(eos if isinstance(eos, list) else [eos])
+        ids: set[int | None] = set(eos if isinstance(eos, list) else [eos])
         ids.add(self.tokenizer.eos_token_id)
         vocab = self.tokenizer.get_vocab()
         ids.update(vocab[t] for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>") if t in vocab)
@@ -221,12 +222,31 @@ class CopeVideoLM(nn.Module):
 
     def embed_visual(self, visual: VisualInput, zero_deltas: bool = False) -> torch.Tensor:
         """One video's entries → (T, D), image and Δ blocks interleaved in ``visual.kinds`` order."""
-        image_blocks = self.image_tokens(visual.frames)
+        return self.embed_visuals([visual], zero_deltas)[0]
+
+    def embed_visuals(self, visuals: Sequence[VisualInput], zero_deltas: bool = False) -> list[torch.Tensor]:
+        """Several videos' entries → one (T_i, D) each, with one vision-tower pass over all their RGB
+        frames and one Δ-encoder pass over all their P-frames (a training batch: per batch, not per
+        sample). Videos of different frame sizes cannot share a pass and are embedded one by one."""
+        sizes = {tuple(v.frames.shape[1:3]) for v in visuals if v.num_rgb}
+        sizes |= {tuple(v.mv.shape[1:3]) for v in visuals if v.num_delta}
+        if len(sizes) > 1:
+            return [self.embed_visuals([v], zero_deltas)[0] for v in visuals]
+        image_blocks = self.image_tokens(torch.cat([v.frames for v in visuals]))  # (ΣnI, Ti, D)
+        num_delta = sum(v.num_delta for v in visuals)
+        delta_blocks: torch.Tensor | None = None
         if zero_deltas:
-            delta_blocks = self.zero_delta_tokens(visual.num_delta)
-        else:
-            delta_blocks = self.delta_tokens(visual.mv, visual.residual) if visual.num_delta else None
-        return interleave(visual.kinds, image_blocks, delta_blocks)
+            delta_blocks = self.zero_delta_tokens(num_delta)
+        elif num_delta:
+            mv = torch.cat([v.mv for v in visuals if v.num_delta])
+            residual = torch.cat([v.residual for v in visuals if v.num_delta])
+            delta_blocks = self.delta_tokens(mv, residual)  # (ΣnP, Tp, D)
+        images = image_blocks.split([v.num_rgb for v in visuals])
+        deltas = delta_blocks.split([v.num_delta for v in visuals]) if delta_blocks is not None else None
+        return [
+            interleave(v.kinds, images[i], deltas[i] if deltas is not None and v.num_delta else None)
+            for i, v in enumerate(visuals)
+        ]
 
     def _empty(self, positions: int) -> torch.Tensor:
         return torch.zeros(0, positions, self.hidden_size, device=self.device, dtype=self.dtype)
@@ -260,12 +280,14 @@ class CopeVideoLM(nn.Module):
         if not len(input_ids) == len(labels) == len(visual_inputs):
             raise ValueError("input_ids, labels and visual_inputs must have one entry per sample")
         sequences, sequence_labels = [], []
-        for ids, sample_labels, visual in zip(input_ids, labels, visual_inputs, strict=True):
+        visual_embeds_per_sample = self.embed_visuals(visual_inputs, zero_deltas)  # one pass per part
+        for ids, sample_labels, visual_embeds in zip(
+            input_ids, labels, visual_embeds_per_sample, strict=True
+        ):
             if ids.shape != sample_labels.shape:
                 raise ValueError(
                     f"labels {tuple(sample_labels.shape)} do not align with input_ids {tuple(ids.shape)}"
                 )
-            visual_embeds = self.embed_visual(visual, zero_deltas)  # (T, D)
             sequences.append(self.splice(ids, visual_embeds))
             at = int((ids == self.placeholder_id).nonzero())
             masked = torch.full((visual_embeds.shape[0],), IGNORE_INDEX, dtype=torch.long)
@@ -308,19 +330,13 @@ class CopeVideoLM(nn.Module):
     # prompting.py, generation.py)
 
     def encode_video(self, video, mode: str | None = None, **sampling):
-        from cope.model.videolm.encoding import encode_video
-
         return encode_video(self, video, mode, **sampling)
 
     def build_prompt(self, encoded, question: str, system: str | None = None):
-        from cope.model.videolm.prompting import build_prompt
-
         return build_prompt(self, encoded, question, system)
 
     def stream(self, prompt, generation=None):
         """Generate for a ``PromptInputs``: a ``TextStream`` of text pieces (``.answer`` at the end)."""
-        from cope.model.videolm.generation import stream
-
         return stream(self, prompt, generation)
 
     def generate(self, prompt, generation=None):
@@ -333,8 +349,6 @@ class CopeVideoLM(nn.Module):
 
     def chat(self, encoded, generation=None, system: str | None = None):
         """A multi-turn ``ChatSession`` over an encoded video (``system``: an optional system turn)."""
-        from cope.model.videolm.generation import ChatSession
-
         return ChatSession(self, encoded, generation, system)
 
     # ------------------------------------------------------------------ checkpoints
@@ -347,8 +361,6 @@ class CopeVideoLM(nn.Module):
         dtype: str | torch.dtype | None = None,
     ) -> CopeVideoLM:
         """Load a CoPE checkpoint (local dir or hub repo) or a bare LLaVA-OneVision base model."""
-        from cope.model.videolm.loading import load_base, resolve_checkpoint
-
         name = str(path_or_hub_id)
         resolved = resolve_checkpoint(name)
         device = resolve_device(device)
@@ -363,62 +375,55 @@ class CopeVideoLM(nn.Module):
         model = cls(config, base, tokenizer, delta_encoder, name=name, base_source=resolved.base_model)
         return model.to(device=device, dtype=dtype).eval()
 
-    def save_pretrained(self, directory: str | Path, save_base: bool = True, overwrite: bool = False) -> Path:
-        """Write config.json + delta_encoder.safetensors (+ base/ with its tokenizer when ``save_base``)."""
-        from safetensors.torch import save_file
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        save_base: bool = True,
+        overwrite: bool = False,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
+        """Write config.json + delta_encoder.safetensors (+ base/ with its tokenizer when ``save_base``).
 
+        ``state_dict``: this module's weights to write instead of its own (``base.*`` and
+        ``delta_encoder.*`` names), e.g. gathered from the shards FSDP / ZeRO-3 hold.
+        """
         directory = Path(directory)
         if directory.exists() and any(directory.iterdir()) and not overwrite:
             raise CopeInputError(
                 f"{directory}: already exists and is not empty (pass overwrite=True to replace it)"
             )
         directory.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict() if state_dict is None else state_dict
         config = replace(self.config, base_model=BASE_SUBFOLDER if save_base else self.base_source)
         if save_base:
-            self.base.save_pretrained(directory / BASE_SUBFOLDER)
+            base_state = {k.removeprefix("base."): v for k, v in state.items() if k.startswith("base.")}
+            self.base.save_pretrained(directory / BASE_SUBFOLDER, state_dict=base_state)
             self.tokenizer.save_pretrained(directory / BASE_SUBFOLDER)
         if self.delta_encoder is not None:
-            state = {k: v.detach().contiguous().cpu() for k, v in self.delta_encoder.state_dict().items()}
-            save_file(state, directory / DELTA_WEIGHTS_NAME)
+            delta = {
+                k.removeprefix("delta_encoder."): v
+                for k, v in state.items()
+                if k.startswith("delta_encoder.")
+            }
+            save_safetensors(delta, directory / DELTA_WEIGHTS_NAME)
         config.save(directory)  # last: a directory without config.json is not a checkpoint
         return directory
 
 
-def interleave(
-    kinds: Sequence[str], image_blocks: torch.Tensor, delta_blocks: torch.Tensor | None
-) -> torch.Tensor:
-    """Blocks (nI, Ti, D) and (nP, Tp, D) → (nI·Ti + nP·Tp, D) in ``kinds`` order ("I"/"P")."""
-    counts = {"I": 0, "P": 0}
-    pieces = []
-    for kind in kinds:
-        blocks = image_blocks if kind == "I" else delta_blocks
-        pieces.append(blocks[counts[kind]])
-        counts[kind] += 1
-    if counts["I"] != image_blocks.shape[0] or counts["P"] != (
-        0 if delta_blocks is None else delta_blocks.shape[0]
-    ):
-        raise ValueError("kinds do not match the number of image and Δ blocks")
-    if not pieces:
-        return image_blocks.reshape(0, image_blocks.shape[-1])
-    return torch.cat(pieces)
-
-
-def _load_delta_encoder(config: CopeConfig, checkpoint: Path) -> nn.Module | None:
+def _load_delta_encoder(config: CopeConfig, checkpoint: Path) -> DeltaEncoder | None:
     if config.delta_encoder is None:
         return None
-    from safetensors.torch import load_file
-
-    from cope.model.delta import DeltaEncoder, DeltaEncoderConfig
+    from cope.model.delta import DeltaEncoderConfig
 
     weights = Path(checkpoint) / DELTA_WEIGHTS_NAME
     if not weights.is_file():
         raise CopeInputError(f"{weights}: missing (the config names a Δ-encoder)")
     encoder = DeltaEncoder(DeltaEncoderConfig.from_dict(config.delta_encoder, source=str(checkpoint)))
     try:
-        encoder.load_state_dict(load_file(weights))
-    except (RuntimeError, OSError) as exc:
+        encoder.load_state_dict(load_safetensors(weights))
+    except RuntimeError as exc:
         reason = str(exc).splitlines()[0]
-        raise CopeInputError(f"{weights}: does not match the Δ-encoder config ({reason})") from None
+        raise CopeInputError(f"{weights}: does not match the Δ-encoder config ({reason})") from exc
     return encoder
 
 
@@ -433,7 +438,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         device = torch.device(device)
     except RuntimeError as exc:
-        raise CopeInputError(f"--device {device}: {exc}") from None
+        raise CopeInputError(f"--device {device}: {exc}") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CopeInputError(f"--device {device}: CUDA is not available on this machine")
     if device.type == "mps" and not torch.backends.mps.is_available():

@@ -8,10 +8,28 @@ token, and the video's (T, D) embeddings replace that one position.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from cope.errors import CopeInputError
+
+if TYPE_CHECKING:  # encoding imports the model code, which imports this module
+    from cope.model.videolm.encoding import EncodedVideo
+
+# LLaVA-Video's ``qwen_1_5`` conversation format (ChatML): the system turn is added when the
+# conversation has none. Rendered for one question:
+#   <|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<video>\nQ<|im_end|>\n
+#   <|im_start|>assistant\n
+QWEN_1_5_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 @dataclass
@@ -20,7 +38,7 @@ class PromptInputs:
     inputs_embeds: torch.Tensor  # (1, L − 1 + T, D)
     visual_tokens: int  # T
     text: str  # the rendered prompt
-    encoded: object | None = None  # the EncodedVideo it was built from (its costs enter the timings)
+    encoded: EncodedVideo | None = None  # the EncodedVideo it was built from (its costs enter the timings)
 
     @property
     def prompt_tokens(self) -> int:

@@ -11,6 +11,26 @@ const state = {
 
 const $ = (id) => document.getElementById(id);
 
+// A server started with --api-key wants "Authorization: Bearer KEY" on every API call. The page
+// asks for the key when the server answers 401 and keeps it in this origin's localStorage.
+const KEY_STORAGE = "cope-api-key";
+
+function authHeaders(extra = {}) {
+  const key = localStorage.getItem(KEY_STORAGE);
+  return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
+}
+
+function setupKey() {
+  $("key-form").hidden = localStorage.getItem(KEY_STORAGE) === null;
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    localStorage.setItem(KEY_STORAGE, $("api-key").value.trim());
+    $("api-key").value = "";
+    setStatus("");
+    loadModel().catch((error) => setStatus(`Cannot reach the server: ${error.message}`, true));
+  });
+}
+
 function setStatus(text, isError = false) {
   const el = $("upload-status");
   el.textContent = text;
@@ -27,7 +47,12 @@ async function errorMessage(response) {
 }
 
 async function loadModel() {
-  const response = await fetch("/v1/models");
+  const response = await fetch("/v1/models", { headers: authHeaders() });
+  if (response.status === 401) {
+    $("key-form").hidden = false;
+    setStatus("This server needs an API key: enter it above.", true);
+    return;
+  }
   const body = await response.json();
   state.model = body.data[0].id;
   $("model-name").textContent = state.model;
@@ -51,7 +76,7 @@ async function uploadVideo(file) {
   const form = new FormData();
   form.append("purpose", "user_data");
   form.append("file", file, file.name);
-  const response = await fetch("/v1/files", { method: "POST", body: form });
+  const response = await fetch("/v1/files", { method: "POST", body: form, headers: authHeaders() });
   if (!response.ok) {
     state.fileId = null;
     setStatus(`Upload failed: ${await errorMessage(response)}`, true);
@@ -196,7 +221,7 @@ async function ask(question) {
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: authHeaders({ "Content-Type": "application/json" }),
       body: JSON.stringify({
         model: state.model,
         messages: [...state.messages, message],
@@ -257,6 +282,7 @@ function setupChat() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  setupKey();
   setupVideoInput();
   setupChat();
   loadModel().catch((error) => setStatus(`Cannot reach the server: ${error.message}`, true));

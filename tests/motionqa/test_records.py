@@ -1,0 +1,48 @@
+"""MotionQA records: balanced answers and the needs-motion share, and the training conversations."""
+
+from __future__ import annotations
+
+from cope.motionqa.plans import schedule
+from cope.motionqa.questions import make_clip
+from cope.motionqa.records import chat_records, clip_records, question_stats
+from cope.motionqa.spec import COUNTS, DIRECTIONS
+
+
+def test_needs_motion_share_and_balance_on_test_split():
+    rows = []
+    for i, (plan, answer) in enumerate(schedule("test", 0, 400)):
+        rows += clip_records(make_clip("test", i, 0, plan, answer))[1]
+    stats = question_stats(rows)
+    assert stats["needs_motion_fraction"] >= 0.4
+    types = stats["types"]
+    for qtype in ("direction", "first_half", "second_half", "pan"):
+        assert set(types[qtype]["answers"]) == set(DIRECTIONS) and types[qtype]["majority_share"] <= 0.3
+    assert types["reverse"]["answers"] == {"yes": 20, "no": 20}
+    assert types["direction_changes"]["answers"] == {c: 10 for c in COUNTS}
+    for qtype in ("most_moved", "fastest", "order_first", "disappear"):
+        # Object answers: the answer's place among the listed objects is balanced too.
+        assert max(types[qtype]["answer_positions"].values()) <= 0.55 * types[qtype]["questions"]
+
+
+def test_chat_records_hold_every_question_of_a_clip_once():
+    llava = [
+        {
+            "id": "train-000001-0",
+            "video": "v1.mp4",
+            "conversations": [{"from": "human", "value": "<image>\nQ1"}, {"from": "gpt", "value": "left"}],
+        },
+        {
+            "id": "train-000001-1",
+            "video": "v1.mp4",
+            "conversations": [{"from": "human", "value": "<image>\nQ2"}, {"from": "gpt", "value": "red"}],
+        },
+        {
+            "id": "train-000002-0",
+            "video": "v2.mp4",
+            "conversations": [{"from": "human", "value": "<image>\nQ3"}, {"from": "gpt", "value": "yes"}],
+        },
+    ]
+    chats = chat_records(llava)
+    assert [c["id"] for c in chats] == ["train-000001", "train-000002"]
+    assert [t["value"] for t in chats[0]["conversations"]] == ["<image>\nQ1", "left", "Q2", "red"]
+    assert [t["from"] for t in chats[0]["conversations"]] == ["human", "gpt", "human", "gpt"]
