@@ -19,6 +19,7 @@ from cope import __version__
 from cope.commands.common import (
     Parser,
     add_canonical_options,
+    check_output,
     check_plan_args,
     open_cli_video,
     warn_decode_errors,
@@ -26,6 +27,7 @@ from cope.commands.common import (
     warn_without_deltas,
 )
 from cope.errors import CopeInputError
+from cope.plan import DEFAULT_FUSION, MAX_GOPS
 
 # Sub-commands that live in their own module ``cope.commands.<name>``, each exposing
 # ``register(commands)`` that adds its parser to the sub-parsers. Modules must import heavy
@@ -148,11 +150,7 @@ def _gb(n: int) -> str:
 def cmd_extract(args) -> int:
     from cope.npz import NpzStreamWriter
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise CopeInputError(f"{out}: already exists (pass --overwrite to replace it)")
-    if not out.parent.is_dir():
-        raise CopeInputError(f"{out.parent}: output directory does not exist")
+    out = check_output(args.out, args.overwrite)
     check_plan_args(args, args.keyframes_per_gop)
     video = open_cli_video(args)
     check_plan_args(args, args.keyframes_per_gop, video)
@@ -229,18 +227,24 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument(
         "--plot", metavar="OUT.png", help="draw the GOP timeline, a motion field and a residual"
     )
-    inspect.add_argument("--fusion", type=int, default=30, help="P-frames fused per Δ-frame (default: 30)")
+    inspect.add_argument(
+        "--fusion", type=int, default=DEFAULT_FUSION, help="P-frames fused per Δ-frame (default: 30)"
+    )
     add_canonical_options(inspect)
     inspect.set_defaults(func=cmd_inspect)
 
     extract = commands.add_parser("extract", help="write I-frames, motion vectors and residuals to .npz")
     extract.add_argument("video", help="any video file PyAV/FFmpeg can read")
     extract.add_argument("--out", required=True, metavar="FILE.npz", help="output archive")
-    extract.add_argument("--fusion", type=int, default=30, help="P-frames fused per Δ-frame; 1 = no fusion")
+    extract.add_argument(
+        "--fusion", type=int, default=DEFAULT_FUSION, help="P-frames fused per Δ-frame; 1 = no fusion"
+    )
     extract.add_argument(
         "--keyframes-per-gop", type=int, default=1, help="RGB keyframes per GOP (1, 2, 4, …)"
     )
-    extract.add_argument("--max-gops", type=int, default=64, help="GOP cap, uniform GOP sampling beyond")
+    extract.add_argument(
+        "--max-gops", type=int, default=MAX_GOPS, help="GOP cap, uniform GOP sampling beyond"
+    )
     extract.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     extract.add_argument(
         "--dtype",

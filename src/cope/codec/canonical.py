@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -22,6 +21,7 @@ import av
 from cope import signals
 from cope.codec.primitives import StreamInfo
 from cope.errors import CopeInputError
+from cope.hub import atomic_write_text
 from cope.npz import remove_orphans
 
 # Sources larger than this are refused: decoding them would take minutes and gigabytes for a
@@ -181,20 +181,14 @@ def transcode(
 
     # A SIGKILLed transcode cannot clean up after itself: its successor does.
     remove_orphans(cache_dir, "*.partial")
-    remove_orphans(cache_dir, ".tmp-*")
+    remove_orphans(cache_dir, ".tmp-*")  # sidecars of earlier versions
+    remove_orphans(cache_dir, ".*.tmp")  # sidecars of ``atomic_write_text`` (pid in the name)
     partial = video_path.with_suffix(f".{os.getpid()}.partial")
     source, errors = _encode_canonical(path, settings, partial, progress)
-    _atomic_write_text(meta_path, json.dumps({"source": source.to_dict(), "decode_errors": errors}))
+    atomic_write_text(meta_path, json.dumps({"source": source.to_dict(), "decode_errors": errors}))
     # The sidecar is written first; the video's rename below is what completes the entry.
     os.replace(partial, video_path)
     return CanonicalVideo(video_path, source, settings, errors)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{os.getpid()}-", suffix=path.suffix)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _rotation_filters(stream, first_frame) -> list[tuple[str, str]]:

@@ -11,30 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-from cope.plan import MODES
+from cope.commands.common import add_model_options, add_sampling_options, sampling_options
 
 
-def add_model_options(parser) -> None:
+def add_ask_options(parser) -> None:
     """--model, sampling and generation options (ask, chat, infer)."""
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        metavar="PATH_OR_ID",
-        help="CoPE checkpoint dir or hub id, or a LLaVA-OneVision base (default: the bundled tiny model)",
-    )
-    model.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, …")
-    model.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        help="auto: bf16 on CUDA",
-    )
+    add_model_options(parser.add_argument_group("model"))
     sampling = parser.add_argument_group("sampling (defaults: the model's config)")
-    sampling.add_argument("--mode", choices=MODES, help="how the video becomes tokens")
-    sampling.add_argument("--keyframes-per-gop", type=int, help="RGB keyframes per GOP (1, 2, 4, …)")
-    sampling.add_argument("--fusion", type=int, help="P-frames fused per Δ-frame (30 = 1 per second)")
-    sampling.add_argument("--max-gops", type=int, help="GOP cap; longer videos take GOPs uniformly")
-    sampling.add_argument("--dense-frames", type=int, help="frames of the dense baseline (64)")
+    add_sampling_options(sampling)
     sampling.add_argument("--cache-dir", type=Path, help="transcode cache (default: ~/.cache/cope)")
     generation = parser.add_argument_group("generation")
     generation.add_argument("--max-new-tokens", type=int, default=256, help="answer length cap (256)")
@@ -50,15 +34,6 @@ def generation_config(args):
     return GenerationConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
     )
-
-
-def sampling_options(args) -> dict:
-    return {
-        "keyframes_per_gop": args.keyframes_per_gop,
-        "fusion": args.fusion,
-        "max_gops": args.max_gops,
-        "dense_frames": args.dense_frames,
-    }
 
 
 def check_positive(args) -> None:
@@ -229,5 +204,5 @@ def register(commands) -> None:
     parser.add_argument("video", help="any video file PyAV/FFmpeg can read")
     parser.add_argument("question", help="the question (quote it)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    add_model_options(parser)
+    add_ask_options(parser)
     parser.set_defaults(func=cmd_ask)

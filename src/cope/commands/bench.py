@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from cope.commands.common import add_model_options
 from cope.errors import CopeInputError
 
 OUTPUT_FILES = ("bench.json", "bench.md", "bench.png")
@@ -15,7 +16,7 @@ def register(commands) -> None:
     parser = commands.add_parser(
         "bench", help="TTFT / E2EL / tokens of dense64 vs cope_k1/k2/k4 (+ iframes_k1), one process"
     )
-    parser.add_argument("--model", help="checkpoint dir or hub id (default: the bundled model)")
+    add_model_options(parser.add_argument_group("model (--device meta: shapes only, with --dry-run)"))
     parser.add_argument(
         "--arch",
         choices=("paper-7b",),
@@ -53,10 +54,6 @@ def register(commands) -> None:
         default="dense64,cope_k1,cope_k2,cope_k4,iframes_k1",
         help="comma-separated configs to run (default: all five)",
     )
-    parser.add_argument(
-        "--device", default="auto", help="cpu, cuda, mps or auto (default); meta with --dry-run"
-    )
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     parser.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's); 1 is steadiest on a busy machine"
     )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
+from cope.commands.common import check_output
 from cope.errors import CopeInputError
+from cope.plan import DEFAULT_FUSION
 
 
 def register(commands) -> None:
@@ -26,7 +27,10 @@ def register(commands) -> None:
         help="comma-separated context budgets; K = 1024, M = 1024² tokens (default: 32K…1M)",
     )
     parser.add_argument(
-        "--fusion", type=int, default=30, help="frames per sampling slot; 30 = 1 FPS (default: 30)"
+        "--fusion",
+        type=int,
+        default=DEFAULT_FUSION,
+        help="frames per sampling slot; 30 = 1 FPS (default: 30)",
     )
     parser.add_argument("--plot", metavar="OUT.png", help="draw the table as Fig. 4b")
     parser.add_argument("--overwrite", action="store_true", help="replace --plot if it exists")
@@ -48,11 +52,7 @@ def cmd_budget(args) -> int:
     except ValueError as exc:
         raise CopeInputError(f"--fusion: {exc}") from exc
     if args.plot:
-        out = Path(args.plot)
-        if out.exists() and not args.overwrite:
-            raise CopeInputError(f"{out}: already exists (pass --overwrite to replace it)")
-        if not out.parent.is_dir():
-            raise CopeInputError(f"{out.parent}: output directory does not exist")
+        out = check_output(args.plot, args.overwrite)
         plot_table(table, out)
         print(f"plot written to {out}", file=sys.stderr)
     print(json.dumps(table) if args.json else format_table(table))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from cope.commands.ask import add_model_options, load_and_encode, summary_line
+from cope.commands.ask import add_ask_options, load_and_encode, summary_line
 from cope.errors import CopeInputError
 
 QUIT_COMMANDS = ("/quit", "/exit")
@@ -70,5 +70,5 @@ def register(commands) -> None:
     parser = commands.add_parser("chat", help="multi-turn questions about a video (stdin → stdout)")
     parser.add_argument("video", help="any video file PyAV/FFmpeg can read")
     parser.add_argument("--json", action="store_true", help="print one JSON object with all turns at the end")
-    add_model_options(parser)
+    add_ask_options(parser)
     parser.set_defaults(func=cmd_chat)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cope.errors import CopeInputError
+
 
 class Parser(argparse.ArgumentParser):
     """argparse exits with 2 on bad usage already; keep its message to one line."""
@@ -22,14 +24,78 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def add_canonical_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("canonical stream (what every input is transcoded to)")
-    group.add_argument("--fps", type=int, default=30, help="frame rate (default: 30, as the paper)")
-    group.add_argument("--gop", type=int, default=240, help="GOP length in frames (default: 240)")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+def add_model_options(group) -> None:
+    """--model, --device, --dtype: the same names, defaults and choices in every command."""
     group.add_argument(
-        "--size", type=parse_size, default=(384, 384), help="WIDTHxHEIGHT, multiples of 16 (384x384)"
+        "--model",
+        metavar="PATH_OR_ID",
+        help="CoPE checkpoint dir or hub id, or a LLaVA-OneVision base (default: the bundled tiny model)",
     )
-    group.add_argument("--quantizer", type=int, default=3, help="pinned MPEG-4 quantiser, 2–31 (default: 3)")
+    group.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    group.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="auto: bfloat16 on CUDA")
+
+
+def add_sampling_options(group) -> None:
+    """--mode, --keyframes-per-gop, --fusion, --max-gops, --dense-frames; unset = the model's config
+    (``CopeConfig``), so a command never overrides a checkpoint's own defaults by accident."""
+    from cope.plan import MODES
+
+    group.add_argument("--mode", choices=MODES, help="how the video becomes tokens")
+    group.add_argument("--keyframes-per-gop", type=int, help="RGB keyframes per GOP (1, 2, 4, …)")
+    group.add_argument("--fusion", type=int, help="P-frames fused per Δ-frame (30 = 1 per second)")
+    group.add_argument("--max-gops", type=int, help="GOP cap; longer videos take GOPs uniformly")
+    group.add_argument("--dense-frames", type=int, help="frames of the dense baseline (64)")
+
+
+def sampling_options(args) -> dict:
+    """The sampling options as ``encode_video`` keywords (None = the model's default)."""
+    return {
+        "keyframes_per_gop": args.keyframes_per_gop,
+        "fusion": args.fusion,
+        "max_gops": args.max_gops,
+        "dense_frames": args.dense_frames,
+    }
+
+
+def check_output(path: str | Path | None, overwrite: bool) -> Path | None:
+    """An output file the command may write: never replaced without ``--overwrite``, and its folder
+    must exist. None passes through (no output asked for)."""
+    if path is None:
+        return None
+    out = Path(path)
+    if out.exists() and not overwrite:
+        raise CopeInputError(f"{out}: already exists (pass --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise CopeInputError(f"{out.parent}: output directory does not exist")
+    return out
+
+
+def add_canonical_options(parser: argparse.ArgumentParser) -> None:
+    from cope.codec.canonical import CanonicalSettings
+
+    paper = CanonicalSettings()  # the defaults live there only
+    group = parser.add_argument_group("canonical stream (what every input is transcoded to)")
+    group.add_argument(
+        "--fps", type=int, default=paper.fps, help=f"frame rate (default: {paper.fps}, as the paper)"
+    )
+    group.add_argument(
+        "--gop", type=int, default=paper.gop, help=f"GOP length in frames (default: {paper.gop})"
+    )
+    group.add_argument(
+        "--size",
+        type=parse_size,
+        default=(paper.width, paper.height),
+        help=f"WIDTHxHEIGHT, multiples of 16 ({paper.width}x{paper.height})",
+    )
+    group.add_argument(
+        "--quantizer",
+        type=int,
+        default=paper.quantizer,
+        help=f"pinned MPEG-4 quantiser, 2–31 (default: {paper.quantizer})",
+    )
     group.add_argument(
         "--cache-dir", type=Path, default=None, help="transcode cache (default: ~/.cache/cope)"
     )

@@ -8,9 +8,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cope.commands.common import add_model_options, add_sampling_options, check_output, sampling_options
 from cope.errors import CopeInputError
 from cope.hub import atomic_path, atomic_write_text
-from cope.plan import MODES
 
 LMMS_INSTALL = "pip install --no-deps lmms-eval==0.7.3 && pip install -e '.[eval]'"
 
@@ -30,16 +30,8 @@ def register(commands) -> None:
         metavar="T1,T2",
         help="run these lmms-eval tasks instead (cope_local / cope_local_mcppl read TASK.jsonl)",
     )
-    parser.add_argument("--model", help="checkpoint dir or hub id (default: the bundled model)")
-    parser.add_argument(
-        "--mode",
-        choices=MODES,
-        help="how the video is read (default: the model's)",
-    )
-    parser.add_argument("--keyframes-per-gop", type=int, help="RGB keyframes per GOP (default: the model's)")
-    parser.add_argument("--fusion", type=int, help="frames fused per Δ-frame (default: the model's)")
-    parser.add_argument("--max-gops", type=int, help="GOP cap (default: the model's)")
-    parser.add_argument("--dense-frames", type=int, help="frames of --mode dense (default: the model's)")
+    add_model_options(parser.add_argument_group("model"))
+    add_sampling_options(parser.add_argument_group("sampling (defaults: the model's config)"))
     parser.add_argument(
         "--prompt",
         choices=("bare", "options"),
@@ -54,8 +46,6 @@ def register(commands) -> None:
         "(default; open questions are generated); generate: every answer generated and matched",
     )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (default: 32)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default)")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples (per task)")
     parser.add_argument("--out", metavar="PRED.jsonl", help="write one scored JSON line per sample")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -68,7 +58,7 @@ def cmd_eval(args) -> int:
         raise CopeInputError("give a TASK.jsonl, --lmms-tasks, or both")
     if args.limit is not None and args.limit < 1:
         raise CopeInputError(f"--limit must be at least 1, got {args.limit}")
-    out = _check_out(args)
+    out = check_output(args.out, args.overwrite)
     _check_plan(args)
     samples = None
     if args.task is not None:
@@ -97,31 +87,10 @@ def _check_plan(args) -> None:
     check_plan_up_front(CopeConfig.from_pretrained(resolve_model(args.model)), args)
 
 
-def _check_out(args) -> Path | None:
-    if args.out is None:
-        return None
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise CopeInputError(f"{out}: already exists (pass --overwrite to replace it)")
-    if not out.parent.is_dir():
-        raise CopeInputError(f"{out.parent}: output directory does not exist")
-    return out
-
-
 def _load_model(args):
     from cope.model.videolm import CopeVideoLM, resolve_model
 
     return CopeVideoLM.from_pretrained(resolve_model(args.model), device=args.device, dtype=args.dtype)
-
-
-def _sampling(args) -> dict:
-    knobs = {
-        "keyframes_per_gop": args.keyframes_per_gop,
-        "fusion": args.fusion,
-        "max_gops": args.max_gops,
-        "dense_frames": args.dense_frames,
-    }
-    return {key: value for key, value in knobs.items() if value is not None}
 
 
 def _run_local(args, model, samples, out: Path | None) -> dict:
@@ -139,7 +108,7 @@ def _run_local(args, model, samples, out: Path | None) -> dict:
             model,
             samples,
             args.mode,
-            _sampling(args),
+            _given(sampling_options(args)),
             args.max_new_tokens,
             args.prompt,
             scoring=args.scoring,
@@ -156,7 +125,7 @@ def _run_local(args, model, samples, out: Path | None) -> dict:
         "task": str(args.task),
         "model": model.name,
         "mode": args.mode or model.config.mode,
-        **_sampling(args),
+        **_given(sampling_options(args)),
         "prompt": args.prompt,
         "scoring": args.scoring,
         **summarize(records),
@@ -218,7 +187,9 @@ def _run_lmms(args, model, samples, out: Path | None, names, local, manager) -> 
     from cope.eval.lmms_plugin import CopeLmms
     from cope.eval.lmms_registry import local_task_configs, write_lmms_jsonl
 
-    plugin = CopeLmms(model=model, mode=args.mode, max_new_tokens=args.max_new_tokens, **_sampling(args))
+    plugin = CopeLmms(
+        model=model, mode=args.mode, max_new_tokens=args.max_new_tokens, **_given(sampling_options(args))
+    )
     # lmms-eval logs and prints to stdout; stdout is for our one JSON object.
     with tempfile.TemporaryDirectory(prefix="cope-eval-") as scratch, contextlib.redirect_stdout(sys.stderr):
         tasks = names
@@ -233,7 +204,7 @@ def _run_lmms(args, model, samples, out: Path | None, names, local, manager) -> 
         "tasks": results["results"],
         "model": model.name,
         "mode": args.mode or model.config.mode,
-        **_sampling(args),
+        **_given(sampling_options(args)),
         "out": str(out) if out else None,
     }
 
@@ -259,3 +230,8 @@ def _format_lmms(report: dict) -> str:
     if report["out"]:
         lines.append(f"samples written to {report['out']}")
     return "\n".join(lines)
+
+
+def _given(options: dict) -> dict:
+    """The options the user set (the rest stay the model's)."""
+    return {key: value for key, value in options.items() if value is not None}

@@ -15,12 +15,11 @@ video share one encoding.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 from cope.commands.ask import (
-    add_model_options,
+    add_ask_options,
     answer_record,
     check_mode,
     check_sampling,
@@ -28,9 +27,10 @@ from cope.commands.ask import (
     load_model,
     model_config,
     open_model_video,
-    sampling_options,
 )
+from cope.commands.common import sampling_options
 from cope.errors import CopeInputError
+from cope.hub import atomic_write_text
 
 
 def read_requests(path: Path, question: str | None) -> list[dict]:
@@ -100,9 +100,7 @@ def read_done(out: Path, retry_errors: bool) -> set[tuple[str, str]]:
 
 
 def _rewrite(out: Path, lines: list[str]) -> None:
-    temporary = out.with_name(f".{out.name}.tmp")
-    temporary.write_text("".join(line + "\n" for line in lines))
-    os.replace(temporary, out)
+    atomic_write_text(out, "".join(line + "\n" for line in lines))
 
 
 def cmd_infer(args) -> int:
@@ -182,5 +180,5 @@ def register(commands) -> None:
         "--retry-errors", action="store_true", help="run the entries that failed before again"
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    add_model_options(parser)
+    add_ask_options(parser)
     parser.set_defaults(func=cmd_infer)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cope.commands.common import add_canonical_options
+from cope.plan import DEFAULT_FUSION, MAX_GOPS
 
 
 def register(commands) -> None:
@@ -33,8 +34,10 @@ def register(commands) -> None:
     parser.add_argument(
         "--ray-address", default=None, help="Ray cluster to join (default: start a local Ray instance)"
     )
-    parser.add_argument("--fusion", type=int, default=30, help="frames between slots (default: 30 → 1 FPS)")
-    parser.add_argument("--max-gops", type=int, default=64, help="GOP cap per video (default: 64)")
+    parser.add_argument(
+        "--fusion", type=int, default=DEFAULT_FUSION, help="frames between slots (default: 30 → 1 FPS)"
+    )
+    parser.add_argument("--max-gops", type=int, default=MAX_GOPS, help="GOP cap per video (default: 64)")
     parser.add_argument(
         "--shard-mb",
         type=float,

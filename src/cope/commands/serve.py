@@ -7,6 +7,7 @@ import socket
 import sys
 from pathlib import Path
 
+from cope.commands.common import add_model_options
 from cope.errors import CopeInputError
 
 MiB = 1 << 20
@@ -24,14 +25,10 @@ def register(commands) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free port)")
-    parser.add_argument(
-        "--model", default=None, help="model directory or hub id (default: the bundled model)"
-    )
+    add_model_options(parser.add_argument_group("model"))
     parser.add_argument(
         "--model-name", default=None, help="the id clients use (default: the model dir's name)"
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps or auto (default: cpu)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: per device)")
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--allow-dir",

@@ -52,6 +52,7 @@ import numpy as np
 from cope.codec.canonical import CanonicalSettings
 from cope.codec.primitives import IFrame
 from cope.errors import CopeInputError
+from cope.hub import atomic_write_bytes
 from cope.npz import NpzStreamWriter
 from cope.plan import DEFAULT_FUSION, MAX_GOPS, TokenPlan, cope_plan, keyframe_spacing
 
@@ -251,15 +252,6 @@ def write_cache_info(directory: Path, settings: CacheSettings) -> None:
         directory / CACHE_INFO,
         json.dumps({"version": CACHE_FORMAT_VERSION, "settings": settings.to_dict()}, indent=1).encode(),
     )
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_manifest(directory: Path) -> list[dict]:

@@ -25,7 +25,7 @@ from cope.serve.config import ServeSettings
 from cope.serve.errors import APIError
 from cope.serve.protocol import ChatCompletionRequest, Conversation
 from cope.serve.videos import VideoFile, VideoStore
-from cope.serve.worker import Job
+from cope.serve.worker import Job, timeout_error
 
 
 @dataclass(frozen=True)
@@ -264,6 +264,10 @@ class ChatEngine:
             stream.close()  # ends the turn as "cancelled" when we stopped early
         answer = stream.answer
         done = time.monotonic()
+        if answer.finish_reason == "cancelled" and done > job.deadline and not job.cancelled.is_set():
+            # Stopped by the request's own deadline (between prefill chunks or tokens), not by the
+            # client: that is a timeout, whichever side noticed it first.
+            raise timeout_error(self.settings.request_timeout_s)
         if answer.finish_reason != "cancelled":  # a cut-off turn is not a conversation anyone continues
             self.sessions.put((video_key, spec.system, _freeze(session.messages)), session)
         return ChatResult(
