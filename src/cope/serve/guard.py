@@ -151,7 +151,7 @@ class RequestGuard:
 
         try:
             await self.app(scope, receive, tracked)
-        except Exception as exc:
+        except Exception as exc:  # the last line of defence: any route bug becomes a logged 500
             log.exception("internal error on %s %s", scope["method"], scope["path"])
             if started:  # mid-stream: nothing valid can be sent any more
                 return

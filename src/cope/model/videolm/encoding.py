@@ -108,7 +108,7 @@ def encode_video(
     )
     if mode == "cope" and plan.delta_frames and model.delta_encoder is None:
         raise CopeInputError(
-            f"{model.name}: this model has no Δ-encoder; use --mode dense, iframes-only or delta-zero"
+            f"{model.name}: this model has no Δ-encoder; read the video in mode dense, iframes-only or delta-zero"
         )
     encoder = _StreamingEncoder(model, plan, zero_deltas=mode == "delta-zero")
     start = time.perf_counter()

@@ -80,7 +80,7 @@ def load_base(base_model: str, dtype: torch.dtype):
     try:
         base = LlavaOnevisionForConditionalGeneration.from_pretrained(base_model, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(base_model)
-    except Exception as exc:
+    except Exception as exc:  # transformers and the Hub raise many types for "cannot load it": one line
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CopeInputError(f"{base_model}: cannot load the LLaVA-OneVision base model ({reason})") from exc
     if tokenizer.chat_template is None and "<|im_start|>" in tokenizer.get_vocab():
@@ -95,6 +95,6 @@ def read_base_config(base_model: str):
 
     try:
         return AutoConfig.from_pretrained(base_model)
-    except Exception as exc:
+    except Exception as exc:  # as in load_base: any failure to read it is the user's one-line error
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CopeInputError(f"{base_model}: cannot read the base model's config ({reason})") from exc

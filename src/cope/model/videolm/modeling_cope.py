@@ -192,7 +192,7 @@ class CopeVideoLM(nn.Module):
         """MVs (N, H, W, 2) px + residuals (N, H, W, 3) → (N, R·(C+1), D) via the shared projector."""
         if self.delta_encoder is None:
             raise CopeInputError(
-                f"{self.name}: this model has no Δ-encoder; use --mode dense, iframes-only or delta-zero"
+                f"{self.name}: this model has no Δ-encoder; read the video in mode dense, iframes-only or delta-zero"
             )
         layout = self.config.layout
         if mv.shape[0] == 0:
@@ -438,11 +438,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         device = torch.device(device)
     except RuntimeError as exc:
-        raise CopeInputError(f"--device {device}: {exc}") from exc
+        raise CopeInputError(f"device {device!r}: {exc}") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise CopeInputError(f"--device {device}: CUDA is not available on this machine")
+        raise CopeInputError(f"device {device!r}: CUDA is not available on this machine")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise CopeInputError(f"--device {device}: MPS is not available on this machine")
+        raise CopeInputError(f"device {device!r}: MPS is not available on this machine")
     return device
 
 
@@ -456,5 +456,5 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
-        raise CopeInputError(f"--dtype {dtype}: choose one of auto, {', '.join(DTYPES)}")
+        raise CopeInputError(f"dtype {dtype!r}: choose one of auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
