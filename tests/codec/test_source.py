@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from cope.codec import CanonicalSettings, open_video
-from cope.codec.source import sample_source_frames, source_frame_count
+from cope.codec.source import SourceFrames
 from cope.errors import CopeInputError
+from cope.plan import dense_frame_indices
 from tests.clips import awkward_clip
 
 SETTINGS = CanonicalSettings(width=64, height=64)
@@ -42,9 +43,10 @@ def test_the_same_frames_as_the_canonical_stream(tmp_path, cache_dir, frames, sa
     """25 → 30 fps: the frame on screen at each canonical slot, chosen exactly as FFmpeg's fps filter
     chooses it (B-frames reordered, seeking to keyframes over long gaps)."""
     path = gray_clip(tmp_path / "gray.mp4", frames)
-    direct = list(sample_source_frames(path, samples, SETTINGS))
     canonical = open_video(path, SETTINGS, cache_dir=cache_dir)
-    assert source_frame_count(path, SETTINGS) == canonical.info.frames == frames * 30 // 25
+    with SourceFrames(path, SETTINGS) as source:
+        assert source.frames == canonical.info.frames == frames * 30 // 25
+        direct = list(source.read(dense_frame_indices(source.frames, samples)))
     reference = list(canonical.dense_frames(samples))
     assert [i for i, _ in direct] == [i for i, _ in reference]
     assert identities(direct) == identities(reference)
@@ -53,7 +55,8 @@ def test_the_same_frames_as_the_canonical_stream(tmp_path, cache_dir, frames, sa
 
 def test_rotation_is_applied_like_the_transcode(tmp_path, cache_dir):
     path = awkward_clip(tmp_path / "rot.mp4", size=(96, 64), rotation=90)
-    (_, rgb), *_ = sample_source_frames(path, 4, SETTINGS)
+    with SourceFrames(path, SETTINGS) as source:
+        (_, rgb), *_ = source.read(dense_frame_indices(source.frames, 4))
     # As the canonical stream shows it (test_cli.test_rotation_metadata_is_applied): left half at the bottom.
     top, bottom = rgb[:32, :, 0].mean(), rgb[32:, :, 0].mean()
     assert rgb.shape == (64, 64, 3) and bottom - top > 100
@@ -63,4 +66,4 @@ def test_not_a_video_is_one_line(tmp_path):
     bad = tmp_path / "notes.mp4"
     bad.write_text("not a video")
     with pytest.raises(CopeInputError, match="notes.mp4"):
-        list(sample_source_frames(bad, 4, SETTINGS))
+        SourceFrames(bad, SETTINGS)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 MODEL_NAME = "cope-test"
+QUESTION = "what is moving ?"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 # The browser tests: a real browser against a real server, where Debian's Chromium is installed.
@@ -71,3 +72,27 @@ def wait_idle(worker, timeout: float = 30.0) -> float:
             raise AssertionError("the worker stayed busy")
         time.sleep(0.01)
     return time.monotonic() - start
+
+
+def video_message(url: str, text: str = QUESTION) -> dict:
+    """A user turn with a video part and a text part, as the OpenAI client sends it."""
+    return {
+        "role": "user",
+        "content": [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": text}],
+    }
+
+
+def chat_body(url: str, text: str = QUESTION, max_tokens: int = 6, **extra) -> dict:
+    """A /v1/chat/completions request body about the video at ``url``."""
+    return {"model": MODEL_NAME, "messages": [video_message(url, text)], "max_tokens": max_tokens, **extra}
+
+
+def assert_error(response, status: int, code: str | None = None, contains: str = "") -> dict:
+    """An OpenAI-format error body with this status (and code, and words in the message)."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert contains in error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error

@@ -14,9 +14,19 @@ import pytest
 from cope.serve.app import create_app
 from cope.serve.config import MiB, ServeSettings
 from cope.serve.server import BackgroundServer
-from tests.serve.support import MODEL_NAME, SAMPLE, block_worker, fill_queue, load, tiny_checkpoint, wait_idle
-
-QUESTION = "what is moving ?"
+from tests.serve.support import (
+    MODEL_NAME,
+    QUESTION,
+    SAMPLE,
+    assert_error,
+    block_worker,
+    chat_body,
+    fill_queue,
+    load,
+    tiny_checkpoint,
+    video_message,
+    wait_idle,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,27 +74,6 @@ def client(server):
 def uploaded(client):
     with open(SAMPLE, "rb") as f:
         return client.files.create(file=("sample.mp4", f, "video/mp4"), purpose="user_data")
-
-
-def video_message(url: str, text: str = QUESTION) -> dict:
-    return {
-        "role": "user",
-        "content": [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": text}],
-    }
-
-
-def chat_body(url: str, **extra) -> dict:
-    return {"model": MODEL_NAME, "messages": [video_message(url)], "max_tokens": 6, **extra}
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None, contains: str = "") -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert contains in error["message"]
-    if code is not None:
-        assert error["code"] == code
-    return error
 
 
 def app_state(server):

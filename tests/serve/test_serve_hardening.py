@@ -22,16 +22,25 @@ import httpx
 import openai
 import pytest
 
+import tests.serve.support as support
 from cope.cli import main
 from cope.serve.app import create_app
 from cope.serve.config import MiB, ServeSettings
 from cope.serve.server import BackgroundServer
-from tests.serve.support import MODEL_NAME, SAMPLE, block_worker, fill_queue, load, tiny_checkpoint, wait_idle
+from tests.serve.support import (
+    MODEL_NAME,
+    QUESTION,
+    SAMPLE,
+    assert_error,
+    block_worker,
+    fill_queue,
+    load,
+    tiny_checkpoint,
+    wait_idle,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # Every test here but the command-line check and the prefill equality starts a real uvicorn: slow.
-
-QUESTION = "what is moving ?"
 
 
 @pytest.fixture(scope="module")
@@ -68,24 +77,10 @@ def shared(model, allowed_dir, tmp_path_factory):
         yield running
 
 
-def video_message(url: str, text: str = QUESTION) -> dict:
-    return {
-        "role": "user",
-        "content": [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": text}],
-    }
-
-
-def chat_body(url: str, text: str = QUESTION, **extra) -> dict:
-    return {"model": MODEL_NAME, "messages": [video_message(url, text)], "max_tokens": 4, **extra}
-
-
-def assert_error(response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    if code is not None:
-        assert error["code"] == code, error
-    return error
+def chat_body(url: str, text: str = QUESTION, max_tokens: int = 4, **extra) -> dict:
+    return support.chat_body(
+        url, text, max_tokens, **extra
+    )  # short answers by default: these tests time things
 
 
 def upload(server, data: bytes, name: str, **kwargs) -> httpx.Response:

@@ -121,6 +121,15 @@ def open_video_stream(path: Path) -> tuple[av.container.InputContainer, av.video
     return container, stream
 
 
+def header_duration_s(container, stream) -> float | None:
+    """The duration the file's headers state (the stream's, else the container's), or None."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
 def _mp4_without_moov(path: Path) -> bool:
     """An ISO-BMFF file (``ftyp`` first) whose top-level boxes hold no ``moov``: the index a
     recorder writes last, so its absence means the file was never finished."""

@@ -2,8 +2,8 @@
 
 The dense baseline reads 64 uniformly spaced RGB frames and nothing else, so for a video it has
 not seen before it needs no canonical stream at all: it seeks to each frame in the input's own
-stream and decodes it. ``sample_source_frames`` does that, choosing the same frames the canonical
-stream would give — the frame on screen at canonical time ``index / fps`` — rotated as the display
+stream and decodes it. ``SourceFrames`` does that, choosing the same frames the canonical stream
+would give — the frame on screen at canonical time ``index / fps`` — rotated as the display
 matrix says and scaled to the canonical size, as the transcode does.
 """
 
@@ -15,49 +15,48 @@ from pathlib import Path
 import av
 import numpy as np
 
-from cope.codec.canonical import CanonicalSettings, check_video_path, open_video_stream
+from cope.codec.canonical import CanonicalSettings, check_video_path, header_duration_s, open_video_stream
 from cope.errors import CopeInputError
-from cope.plan import dense_frame_indices
 
 # Seek instead of decoding through when the next wanted frame is this far ahead: decoding a few
 # seconds of frames without converting them is cheaper than a seek back to the previous keyframe.
 SEEK_AHEAD_S = 2.0
 
 
-def source_frame_count(path: str | Path, settings: CanonicalSettings) -> int:
-    """Frames the canonical stream would have: the container's duration at ``settings.fps``."""
-    container, stream = open_video_stream(check_video_path(path))
-    try:
-        return _canonical_frames(path, container, stream, settings)
-    finally:
-        container.close()
+class SourceFrames:
+    """An input file open for sampling at canonical times, without a transcode (a context manager).
 
-
-def sample_source_frames(
-    path: str | Path, num_samples: int, settings: CanonicalSettings
-) -> Iterator[tuple[int, np.ndarray]]:
-    """(canonical index, RGB (H, W, 3) uint8) of the dense plan's ``num_samples`` frames, in order.
-
-    The indices are ``dense_frame_indices`` of the canonical frame count, so the plan built from
-    ``source_frame_count`` matches what is yielded.
+    ``frames`` is the frame count the canonical stream would have (the container's duration at
+    ``settings.fps``); ``read(indices)`` yields the frames at those canonical indices.
     """
-    container, stream = open_video_stream(check_video_path(path))
-    try:
-        total = _canonical_frames(path, container, stream, settings)
-        for index, frame in _frames_at(container, stream, dense_frame_indices(total, num_samples), settings):
-            yield index, _to_canonical_rgb(frame, settings)
-    except av.error.FFmpegError as exc:
-        raise CopeInputError(f"{path}: cannot decode the video ({exc})") from exc
-    finally:
-        container.close()
+
+    def __init__(self, path: str | Path, settings: CanonicalSettings):
+        self.path, self.settings = Path(path), settings
+        self.container, self.stream = open_video_stream(check_video_path(path))
+        try:
+            self.frames = _canonical_frames(self.path, self.container, self.stream, settings)
+        except BaseException:
+            self.container.close()
+            raise
+
+    def __enter__(self) -> SourceFrames:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.container.close()
+
+    def read(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """(canonical index, RGB (H, W, 3) uint8) for ``indices`` in increasing order."""
+        try:
+            for index, frame in _frames_at(self.container, self.stream, indices, self.settings):
+                yield index, _to_canonical_rgb(frame, self.settings)
+        except av.error.FFmpegError as exc:
+            raise CopeInputError(f"{self.path}: cannot decode the video ({exc})") from exc
 
 
 def _canonical_frames(path, container, stream, settings: CanonicalSettings) -> int:
-    if stream.duration is not None and stream.time_base is not None:
-        seconds = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        seconds = container.duration / av.time_base
-    else:
+    seconds = header_duration_s(container, stream)
+    if seconds is None:
         raise CopeInputError(
             f"{path}: the container states no duration, so frames cannot be sampled without decoding it"
         )

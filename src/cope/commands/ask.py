@@ -11,7 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-from cope.commands.common import add_model_options, add_sampling_options, sampling_options
+from cope.commands.common import (
+    add_model_options,
+    add_sampling_options,
+    check_model_plan_args,
+    sampling_options,
+    warn_decode_errors,
+    warn_scene_cuts,
+    warn_without_deltas,
+)
 
 
 def add_ask_options(parser) -> None:
@@ -52,24 +60,8 @@ def model_config(args):
     check_positive(args)
     name = resolve_model(args.model)
     config = CopeConfig.from_pretrained(name)
-    check_plan_up_front(config, args)
+    check_model_plan_args(config, args)
     return name, config
-
-
-def check_plan_up_front(config, args) -> None:
-    """The plan options against the model's canonical GOP (``cope.plan.check_plan_options``),
-    before any video is transcoded or weights load."""
-    from cope.errors import CopeInputError
-    from cope.plan import check_plan_options
-
-    if (args.mode or config.mode) == "dense":
-        return
-    fusion = args.fusion if args.fusion is not None else config.fusion
-    keyframes = args.keyframes_per_gop if args.keyframes_per_gop is not None else config.keyframes_per_gop
-    try:
-        check_plan_options(config.canonical.gop, fusion, keyframes)
-    except ValueError as exc:
-        raise CopeInputError(str(exc)) from exc
 
 
 def load_model(args, name: str):
@@ -102,11 +94,10 @@ def check_sampling(config, video, args, name=None) -> None:
 
     Also warns (on stderr) about damaged data, a plan without Δ-frames and scene cuts inside fused
     windows; ``name`` is the video as the user gave it."""
-    from cope.commands.common import warn_decode_errors, warn_scene_cuts, warn_without_deltas
     from cope.model.videolm.encoding import mode_plan
 
     mode = check_mode(config, args)
-    options = {k: v for k, v in sampling_options(args).items() if v is not None}
+    options = sampling_options(args)
     fusion = options.get("fusion", config.fusion)
     keyframes = options.get("keyframes_per_gop", config.keyframes_per_gop)
     plan, _ = mode_plan(

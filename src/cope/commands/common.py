@@ -51,13 +51,14 @@ def add_sampling_options(group) -> None:
 
 
 def sampling_options(args) -> dict:
-    """The sampling options as ``encode_video`` keywords (None = the model's default)."""
-    return {
+    """The sampling options the user set, as ``encode_video`` keywords (the rest stay the model's)."""
+    options = {
         "keyframes_per_gop": args.keyframes_per_gop,
         "fusion": args.fusion,
         "max_gops": args.max_gops,
         "dense_frames": args.dense_frames,
     }
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def check_output(path: str | Path | None, overwrite: bool) -> Path | None:
@@ -148,9 +149,6 @@ def check_plan_args(args, keyframes_per_gop: int = 1, video=None) -> None:
     transcoded to (under ``--no-transcode`` only what needs no stream is checked); with ``video``
     against the GOP its plans use.
     """
-    from cope.errors import CopeInputError
-    from cope.plan import check_plan_options
-
     max_gops = getattr(args, "max_gops", None)
     if max_gops is not None and max_gops < 1:
         raise CopeInputError(f"max GOPs must be ≥ 1, got {max_gops}")
@@ -160,8 +158,25 @@ def check_plan_args(args, keyframes_per_gop: int = 1, video=None) -> None:
         gop = args.fusion * keyframes_per_gop if args.fusion >= 1 and keyframes_per_gop >= 1 else 1
     else:
         gop = args.gop
+    _check_plan(gop, args.fusion, keyframes_per_gop)
+
+
+def check_model_plan_args(config, args) -> None:
+    """The plan options against a model's canonical GOP (``config``: its ``CopeConfig``), before
+    any video is transcoded or weights load; dense mode has no plan to check."""
+    if (args.mode or config.mode) == "dense":
+        return
+    fusion = args.fusion if args.fusion is not None else config.fusion
+    keyframes = args.keyframes_per_gop if args.keyframes_per_gop is not None else config.keyframes_per_gop
+    _check_plan(config.canonical.gop, fusion, keyframes)
+
+
+def _check_plan(gop: int, fusion: int, keyframes_per_gop: int) -> None:
+    """``cope.plan.check_plan_options`` with its one-line reason as a usage error (exit 2)."""
+    from cope.plan import check_plan_options
+
     try:
-        check_plan_options(gop, args.fusion, keyframes_per_gop)
+        check_plan_options(gop, fusion, keyframes_per_gop)
     except ValueError as exc:
         raise CopeInputError(str(exc)) from exc
 

@@ -8,9 +8,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cope.commands.common import add_model_options, add_sampling_options, check_output, sampling_options
+from cope.commands.common import (
+    add_model_options,
+    add_sampling_options,
+    check_model_plan_args,
+    check_output,
+    sampling_options,
+)
 from cope.errors import CopeInputError
-from cope.hub import atomic_path, atomic_write_text
+from cope.hub import atomic_write_text
 
 LMMS_INSTALL = "pip install --no-deps lmms-eval==0.7.3 && pip install -e '.[eval]'"
 
@@ -79,12 +85,11 @@ def cmd_eval(args) -> int:
 def _check_plan(args) -> None:
     """Fusion / K / GOP cap against the model's GOP, by the rules every command uses, before the
     weights load (the model's config.json alone is read)."""
-    from cope.commands.ask import check_plan_up_front
     from cope.model.videolm import CopeConfig, resolve_model
 
     if args.max_gops is not None and args.max_gops < 1:
         raise CopeInputError(f"max GOPs must be ≥ 1, got {args.max_gops}")
-    check_plan_up_front(CopeConfig.from_pretrained(resolve_model(args.model)), args)
+    check_model_plan_args(CopeConfig.from_pretrained(resolve_model(args.model)), args)
 
 
 def _load_model(args):
@@ -96,28 +101,20 @@ def _load_model(args):
 def _run_local(args, model, samples, out: Path | None) -> dict:
     from cope.eval.local import evaluate_local, summarize
 
-    records = []
-    with contextlib.ExitStack() as stack:
-        # The predictions appear under --out only once complete (an interrupted run leaves nothing).
-        sink = (
-            stack.enter_context(stack.enter_context(atomic_path(out)).open("w", encoding="utf-8"))
-            if out
-            else None
-        )
-        for record in evaluate_local(
+    records = list(
+        evaluate_local(
             model,
             samples,
             args.mode,
-            _given(sampling_options(args)),
+            sampling_options(args),
             args.max_new_tokens,
             args.prompt,
             scoring=args.scoring,
             progress=True,
-        ):
-            records.append(record)
-            if sink:
-                sink.write(json.dumps(record) + "\n")
-                sink.flush()
+        )
+    )
+    if out:  # the predictions appear only once complete: an interrupted run leaves nothing
+        atomic_write_text(out, "".join(json.dumps(record) + "\n" for record in records))
     for record in records:
         if "error" in record:
             print(f"cope: warning: {record['error']} (scored wrong)", file=sys.stderr)
@@ -125,7 +122,7 @@ def _run_local(args, model, samples, out: Path | None) -> dict:
         "task": str(args.task),
         "model": model.name,
         "mode": args.mode or model.config.mode,
-        **_given(sampling_options(args)),
+        **sampling_options(args),
         "prompt": args.prompt,
         "scoring": args.scoring,
         **summarize(records),
@@ -188,7 +185,7 @@ def _run_lmms(args, model, samples, out: Path | None, names, local, manager) -> 
     from cope.eval.lmms_registry import local_task_configs, write_lmms_jsonl
 
     plugin = CopeLmms(
-        model=model, mode=args.mode, max_new_tokens=args.max_new_tokens, **_given(sampling_options(args))
+        model=model, mode=args.mode, max_new_tokens=args.max_new_tokens, **sampling_options(args)
     )
     # lmms-eval logs and prints to stdout; stdout is for our one JSON object.
     with tempfile.TemporaryDirectory(prefix="cope-eval-") as scratch, contextlib.redirect_stdout(sys.stderr):
@@ -204,7 +201,7 @@ def _run_lmms(args, model, samples, out: Path | None, names, local, manager) -> 
         "tasks": results["results"],
         "model": model.name,
         "mode": args.mode or model.config.mode,
-        **_given(sampling_options(args)),
+        **sampling_options(args),
         "out": str(out) if out else None,
     }
 
@@ -230,8 +227,3 @@ def _format_lmms(report: dict) -> str:
     if report["out"]:
         lines.append(f"samples written to {report['out']}")
     return "\n".join(lines)
-
-
-def _given(options: dict) -> dict:
-    """The options the user set (the rest stay the model's)."""
-    return {key: value for key, value in options.items() if value is not None}

@@ -59,12 +59,9 @@ def run_once(model, video, config: BenchConfig, new_tokens: int, cold_source: Pa
     """
     from cope.model.videolm import GenerationConfig
 
-    if cold_source is not None:
-        encoded = encode_cold(model, cold_source, config)
-    else:
-        encoded = model.encode_video(
-            video, config.mode, keyframes_per_gop=config.keyframes_per_gop, dense_frames=config.dense_frames
-        )
+    encoded = (
+        encode_cold(model, cold_source, config) if cold_source is not None else encode(model, video, config)
+    )
     prompt = model.build_prompt(encoded, BENCH_QUESTION)
     answer = model.generate(prompt, GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True))
     timings = answer.timings
@@ -82,6 +79,18 @@ def run_once(model, video, config: BenchConfig, new_tokens: int, cold_source: Pa
     return row
 
 
+def encode(model, video, config: BenchConfig, **options):
+    """``video`` (a path or an opened ``CodecVideo``) encoded under ``config``; ``options`` go to
+    ``encode_video`` (e.g. ``cache_dir``)."""
+    return model.encode_video(
+        video,
+        config.mode,
+        keyframes_per_gop=config.keyframes_per_gop,
+        dense_frames=config.dense_frames,
+        **options,
+    )
+
+
 def encode_cold(model, path: Path, config: BenchConfig):
     """Encode ``path`` as a first-time video: the CoPE configs transcode it into an empty cache
     (a fresh temporary directory each run) and extract; dense64 seeks and decodes its frames from
@@ -93,9 +102,7 @@ def encode_cold(model, path: Path, config: BenchConfig):
     if config.mode == "dense":
         return encode_source_frames(model, path, config.dense_frames)
     with tempfile.TemporaryDirectory(prefix="cope-cold-") as cache:
-        return model.encode_video(
-            path, config.mode, keyframes_per_gop=config.keyframes_per_gop, cache_dir=cache
-        )
+        return encode(model, path, config, cache_dir=cache)
 
 
 class PeakMemory:
@@ -404,9 +411,7 @@ def dry_run(model, video_path: str | Path, configs: tuple[BenchConfig, ...] = BE
     video = open_video(video_path, model.config.canonical)
     rows = []
     for config in configs:
-        encoded = model.encode_video(
-            video, config.mode, keyframes_per_gop=config.keyframes_per_gop, dense_frames=config.dense_frames
-        )
+        encoded = encode(model, video, config)
         expected = encoded.plan.tokens(model.config.layout)
         if encoded.embeds.shape[0] != expected:
             raise RuntimeError(

@@ -42,7 +42,7 @@ from urllib.parse import unquote, urlsplit
 
 import av
 
-from cope.codec.canonical import CanonicalSettings, file_sha256, open_video_stream
+from cope.codec.canonical import CanonicalSettings, file_sha256, header_duration_s, open_video_stream
 from cope.codec.extract import CodecVideo, open_video
 from cope.errors import CopeInputError
 from cope.serve.config import ServeSettings
@@ -488,15 +488,6 @@ def _read_header(path: Path) -> tuple[int, int, float | None] | None:
         stream = container.streams.video[0]
         if stream.codec_context is None:  # no decoder for it, or a damaged header
             return None
-        return stream.codec_context.width, stream.codec_context.height, _duration_s(container, stream)
+        return stream.codec_context.width, stream.codec_context.height, header_duration_s(container, stream)
     finally:
         container.close()
-
-
-def _duration_s(container, stream) -> float | None:
-    """Duration from the container header, or None when it does not say."""
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / 1_000_000
-    return None

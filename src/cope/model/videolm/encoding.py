@@ -227,18 +227,18 @@ def encode_source_frames(model, path: str | Path, num_samples: int | None = None
     frames. ``extract_s`` is that decoding; ``stream`` describes the canonical sampling grid (its
     GOPs and frame types are not scanned: 0).
     """
-    from cope.codec.source import sample_source_frames, source_frame_count
+    from cope.codec.source import SourceFrames
 
     config = model.config
-    num_samples = num_samples or config.dense_frames
     start = time.perf_counter()
-    total = source_frame_count(path, config.canonical)
-    plan = dense_plan(total, num_samples)
-    encoder = _StreamingEncoder(model, plan, zero_deltas=False)
-    with torch.inference_mode():
-        for index, rgb in sample_source_frames(path, num_samples, config.canonical):
-            encoder.add(IFrame(index, index / config.canonical.fps, 0, rgb))
-        embeds = encoder.finish()
+    with SourceFrames(path, config.canonical) as source:
+        total = source.frames
+        plan = dense_plan(total, num_samples or config.dense_frames)
+        encoder = _StreamingEncoder(model, plan, zero_deltas=False)
+        with torch.inference_mode():
+            for index, rgb in source.read([entry.index for entry in plan.entries]):
+                encoder.add(IFrame(index, index / config.canonical.fps, 0, rgb))
+            embeds = encoder.finish()
     synchronize(model.device)
     elapsed = time.perf_counter() - start
     canonical = config.canonical
