@@ -162,14 +162,17 @@ class ModelWorker:
             self.running = job
             job.started.set()
             try:
-                job.emit("result", job.run(job))
+                outcome = ("result", job.run(job))
             except APIError as exc:
-                job.emit("error", exc)
+                outcome = ("error", exc)
             except Exception as exc:  # an internal error must not kill the worker
                 log.exception("job failed")
                 # The type only: exception messages can carry server paths (the work directory).
                 message = f"internal error ({type(exc).__name__}); see the server log"
-                job.emit("error", APIError(500, message, code="internal"))
+                outcome = ("error", APIError(500, message, code="internal"))
             finally:
                 self.running = None
                 self.completed += 1
+            # Published only now: a client that has its answer finds the worker idle and the job
+            # counted (``/health``), never a moment before.
+            job.emit(*outcome)
