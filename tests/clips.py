@@ -9,6 +9,9 @@ import av
 import numpy as np
 
 SIDE = 128  # small canonical frames keep the suite fast; motion maths is size-independent
+# x264 with 2 B-frames in a fixed pattern (no adaptive B decision, no scene-cut I-frames) and a
+# GOP of 30: I B B P B B P … P B P, then the next I at 30 (``write_translation_clip`` options).
+H264_BFRAMES = {"bf": "2", "g": "30", "crf": "10", "x264-params": "b-adapt=0:scenecut=0"}
 
 
 def texture(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -22,15 +25,26 @@ def texture(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def write_translation_clip(
-    path: Path, frames: int, dx: float, dy: float = 0.0, side: int = SIDE, codec: str = "libx264", **options
+    path: Path,
+    frames: int,
+    dx: float,
+    dy: float = 0.0,
+    side: int = SIDE,
+    codec: str = "libx264",
+    cut: int | None = None,
+    **options,
 ) -> Path:
     """A texture translating by (dx, dy) pixels per frame (multiples of 0.5), losslessly encoded.
 
     Half-pel shifts are exact: the texture is drawn at 2× and every output pixel averages a 2×2
-    block, so shifting by one fine pixel moves the picture by exactly half a pixel.
+    block, so shifting by one fine pixel moves the picture by exactly half a pixel. From frame
+    ``cut`` on, another texture moves the same way: a hard scene cut.
     """
     margin = int(2 * max(abs(dx), abs(dy)) * frames) + 8
-    fine = texture(2 * side + 2 * margin, 2 * side + 2 * margin)
+    shots = [
+        texture(2 * side + 2 * margin, 2 * side + 2 * margin, seed)
+        for seed in (0, 1)[: 1 + (cut is not None)]
+    ]
     options = {"crf": "0", **options} if codec == "libx264" else options
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=30, options=options)
@@ -39,6 +53,7 @@ def write_translation_clip(
         for i in range(frames):
             # Content moves by +d per frame → the crop window moves by −d.
             oy, ox = margin - int(round(2 * dy * i)), margin - int(round(2 * dx * i))
+            fine = shots[1] if cut is not None and i >= cut else shots[0]
             crop = fine[oy : oy + 2 * side, ox : ox + 2 * side]
             image = crop.reshape(side, 2, side, 2, 3).mean(axis=(1, 3))
             frame = av.VideoFrame.from_ndarray(np.rint(image).astype(np.uint8), format="rgb24")

@@ -18,7 +18,9 @@ from pathlib import Path
 from cope import __version__
 from cope.commands.common import (
     Parser,
+    add_adaptive_keyframes_option,
     add_canonical_options,
+    add_workers_option,
     check_output,
     check_plan_args,
     open_cli_video,
@@ -68,14 +70,16 @@ def cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps(report))
     else:
-        print(_format_inspect(args.video, report))
+        native = video.canonical is None and not args.no_transcode  # read in its own codec
+        print(_format_inspect(args.video, report, "native" if native else "canonical"))
     return 0
 
 
-def _format_inspect(path, report: dict) -> str:
+def _format_inspect(path, report: dict, stream_label: str = "canonical") -> str:
+    """The human-readable report; ``stream_label`` names the stream read (canonical or native)."""
     lines = [f"{path}"]
-    for label in ("source", "canonical"):
-        s = report[label]
+    for key, label in (("source", "source"), ("canonical", stream_label)):
+        s = report[key]
         t = s["frame_types"]
         kinds = "/".join(t)  # I/P/B, and S when the source has GMC sprite frames
         lines.append(
@@ -231,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fusion", type=int, default=DEFAULT_FUSION, help="P-frames fused per Δ-frame (default: 30)"
     )
     add_canonical_options(inspect)
+    add_adaptive_keyframes_option(inspect)
     inspect.set_defaults(func=cmd_inspect)
 
     extract = commands.add_parser("extract", help="write I-frames, motion vectors and residuals to .npz")
@@ -257,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     extract.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     add_canonical_options(extract)
+    add_adaptive_keyframes_option(extract)
+    add_workers_option(extract)
     extract.set_defaults(func=cmd_extract)
 
     for name in COMMAND_MODULES:

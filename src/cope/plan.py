@@ -10,11 +10,14 @@ Paper accounting (§3.2, App. C; ``shared/reference/paper-facts.md``):
 A GOP of G frames with fusion s has G/s sampling slots at offsets 0, s, 2s, …; with K keyframes
 per GOP every (G/s)/K-th slot is an RGB keyframe (slot 0 is the I-frame) and every other slot is
 a P-frame fused over the s frames since the previous slot. At most 64 GOPs are used; longer videos
-take 64 GOPs uniformly spread over the video, all their slots included.
+take 64 GOPs uniformly spread over the video, all their slots included. With adaptive keyframes a
+scene cut inside a GOP starts a keyframe and the slots start again from it (``cope_plan``'s
+``cuts``); in native mode every slot moves onto an I- or P-frame (``snap_to_anchors``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -187,11 +190,14 @@ def cope_plan(
     fusion: int = DEFAULT_FUSION,
     keyframes_per_gop: int = 1,
     max_gops: int = MAX_GOPS,
+    cuts: Sequence[int] = (),
 ) -> TokenPlan:
     """Keyframes + fused P-frames per GOP, over at most ``max_gops`` GOPs.
 
     ``gop_size`` is the nominal GOP length (240 for the canonical stream); a shorter GOP (the last
-    one of a video) keeps the slots that fit in it.
+    one of a video) keeps the slots that fit in it. ``cuts`` (adaptive keyframes): frames where a
+    scene cut falls inside a GOP. Each starts a new keyframe, the GOP's slots start again from it,
+    and no P entry reaches back across it; each cut costs one more RGB frame.
     """
     spacing = keyframe_spacing(gop_size, fusion, keyframes_per_gop)
     if max_gops < 1:
@@ -200,11 +206,35 @@ def cope_plan(
     entries: list[PlanEntry] = []
     for gop in select_gops(len(bounds), max_gops):
         start, end = bounds[gop]
-        for slot, index in enumerate(range(start, end, fusion)):
-            if slot % spacing == 0:
-                entries.append(PlanEntry(FrameKind.I, index, gop))
-            else:
-                entries.append(PlanEntry(FrameKind.P, index, gop, ref_index=index - fusion))
+        inside = sorted(c for c in set(cuts) if start < c < end)
+        for first, last in zip([start, *inside], [*inside, end], strict=True):  # shots of the GOP
+            for slot, index in enumerate(range(first, last, fusion)):
+                if slot % spacing == 0:
+                    entries.append(PlanEntry(FrameKind.I, index, gop))
+                else:
+                    entries.append(PlanEntry(FrameKind.P, index, gop, ref_index=index - fusion))
+    return TokenPlan(tuple(entries))
+
+
+def snap_to_anchors(plan: TokenPlan, anchors: list[int]) -> TokenPlan:
+    """The plan on a stream whose B-frames are not chained (native mode, ``cope.codec.native``).
+
+    Every entry moves to the last anchor (I- or P-frame; ``anchors`` in increasing order) at or
+    before its frame, each P entry is relative to the entry before it in its GOP, and an entry
+    that lands on the same anchor as the one before it is dropped (a fusion shorter than the
+    anchor spacing). Every GOP starts with an I-frame, an anchor, so no entry leaves its GOP.
+    """
+    positions = np.asarray(anchors)
+    entries: list[PlanEntry] = []
+    for entry in plan.entries:
+        index = int(positions[np.searchsorted(positions, entry.index, side="right") - 1])
+        previous = entries[-1] if entries and entries[-1].gop == entry.gop else None
+        if previous is not None and previous.index == index:
+            continue
+        if entry.kind == FrameKind.I or previous is None:
+            entries.append(PlanEntry(FrameKind.I, index, entry.gop))
+        else:
+            entries.append(PlanEntry(FrameKind.P, index, entry.gop, ref_index=previous.index))
     return TokenPlan(tuple(entries))
 
 
@@ -228,13 +258,17 @@ def dense_plan(
 
 
 def standard_plans(
-    num_frames: int, gop_starts: list[int], gop_size: int, fusion: int = DEFAULT_FUSION
+    num_frames: int,
+    gop_starts: list[int],
+    gop_size: int,
+    fusion: int = DEFAULT_FUSION,
+    cuts: Sequence[int] = (),
 ) -> dict:
     """The plans ``cope inspect`` reports: dense64 and CoPE at 1, 2 and 4 keyframes per GOP
-    (the Ks that divide a GOP's slots)."""
+    (the Ks that divide a GOP's slots), with keyframes at ``cuts`` (``cope_plan``)."""
     check_plan_options(gop_size, fusion, 1)
     plans = {"dense64": dense_plan(num_frames, DENSE_FRAMES, gop_starts)}
     for k in (1, 2, 4):
         if (gop_size // fusion) % k == 0:  # e.g. fusion 80: 3 slots per GOP, no K = 2 or 4 plan
-            plans[f"cope_k{k}"] = cope_plan(num_frames, gop_starts, gop_size, fusion, k)
+            plans[f"cope_k{k}"] = cope_plan(num_frames, gop_starts, gop_size, fusion, k, cuts=cuts)
     return plans

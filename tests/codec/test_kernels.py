@@ -8,24 +8,9 @@ import pytest
 from cope.codec import kernels
 from cope.codec.fusion import MotionAccumulator, fused_residual_reference
 from cope.codec.residual import MacroblockMotion, macroblock_motion_reference
+from tests.codec.support import MV_DTYPE
 
 pytest.importorskip("numba")
-
-MV_DTYPE = np.dtype(
-    [
-        ("source", "<i4"),
-        ("w", "u1"),
-        ("h", "u1"),
-        ("src_x", "<i2"),
-        ("src_y", "<i2"),
-        ("dst_x", "<i2"),
-        ("dst_y", "<i2"),
-        ("flags", "<u8"),
-        ("motion_x", "<i4"),
-        ("motion_y", "<i4"),
-        ("motion_scale", "<u2"),
-    ]
-)
 
 
 def random_vectors(rng, mb_rows: int, mb_cols: int, count: int) -> np.ndarray:
@@ -75,8 +60,9 @@ def test_kernels_on_a_real_clip_equal_the_reference(halfpel_clip, cache_dir):
         motion = macroblock_motion_reference(mvs, 8, 8)
         if mvs is not None and len(mvs):
             assert_same_motion(compiled_motion(mvs, 8, 8), motion)
-        compiled.field = kernels.compose_cells(compiled.field, motion.mv8, motion.intra, compiled.cell)
-        reference.add_reference(motion)
+        blocks = motion.blocks()
+        compiled.field = kernels.compose_cells(compiled.field, blocks.vectors, blocks.intra, compiled.cell)
+        reference.add_reference(blocks)
         assert np.array_equal(compiled.field, reference.field)
         frames += 1
     assert frames >= 50 and np.abs(reference.field).max() > 10  # the test saw real, accumulated motion
@@ -91,8 +77,9 @@ def test_compose_cells_equals_the_reference_with_intra_blocks(seed):
         intra = rng.random((5, 7)) < 0.1
         mv8[intra] = 0
         motion = MacroblockMotion(mv8, intra, np.zeros((5, 7), bool))
-        compiled.field = kernels.compose_cells(compiled.field, mv8, intra, compiled.cell)
-        reference.add_reference(motion)
+        blocks = motion.blocks()
+        compiled.field = kernels.compose_cells(compiled.field, blocks.vectors, blocks.intra, compiled.cell)
+        reference.add_reference(blocks)
         assert compiled.field.dtype == np.float32 and np.array_equal(compiled.field, reference.field)
 
 

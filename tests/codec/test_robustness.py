@@ -12,7 +12,6 @@ import av
 import numpy as np
 import pytest
 
-from cope.cli import main
 from tests.clips import texture
 
 # (muxer, file suffix, encoder): every container PyAV writes that users send us.
@@ -28,10 +27,11 @@ MUXERS = (
 )
 
 # Runs in a child process, so a segfault inside FFmpeg is a failed test, not a dead pytest. It
-# opens every file the way ``cope inspect``/``extract`` do (transcode, scan, decode the plan) and
-# the way ``--no-transcode`` does, and prints one JSON line per file.
+# opens every file the way ``cope inspect``/``extract`` do (transcode, scan, decode the plan), the
+# way ``--no-transcode`` does and in native mode (two workers), and prints one JSON line per file.
 FUZZ_HARNESS = r"""
 import json, sys
+from dataclasses import replace
 from cope.codec import CanonicalSettings, open_video
 from cope.codec.reader import CanonicalReader
 from cope.errors import CopeInputError
@@ -41,10 +41,12 @@ cache = sys.argv[1]
 for path in sys.argv[2:]:
     print(json.dumps({"start": path}), flush=True)
     outcome = {}
-    for how in ("transcode", "no-transcode"):
+    for how in ("transcode", "no-transcode", "native"):
         try:
             if how == "transcode":
                 video = open_video(path, settings, cache_dir=cache)
+            elif how == "native":
+                video = open_video(path, replace(settings, codec="native"), workers=2)
             else:
                 video = open_video(path, no_transcode=True)
             for _ in video.entries(video.plan(fusion=2)):
@@ -137,18 +139,6 @@ def test_one_frame_mpegts_summary_is_read_before_the_container_closes(tmp_path, 
     assert report["source"]["frames"] == 1 and report["source"]["width"] == 64
 
 
-@pytest.fixture
-def cope_cli(capsys):
-    """``cope`` in this process: (exit code, stdout, stderr) as a CompletedProcess."""
-
-    def run(*args) -> subprocess.CompletedProcess:
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
-
-
 def test_raw_h264_without_timestamps_is_read_at_its_nominal_rate(tmp_path, cache_dir, cope_cli):
     """Before: FileNotFoundError on the ``.partial`` stream (the fps filter dropped every frame)."""
     path = tiny_clip(tmp_path / "raw.h264", "h264", "libx264", frames=12)
@@ -203,13 +193,13 @@ def test_lost_frames_leave_no_dishonest_delta(tmp_path):
 
     video = open_video(damaged_mpeg4(tmp_path), no_transcode=True)
     plan = video.plan(fusion=5)
-    frames = video.reader.frames
+    frames = video.reader.gop_frames
     lost = 7  # inside the window of the P entry at 10 (reference 5)
 
-    def losing_one(gops=None):
-        return (f for f in frames(gops) if f.index != lost)
+    def losing_one(gop):
+        return (f for f in frames(gop) if f.index != lost)
 
-    video.reader.frames = losing_one
+    video.reader.gop_frames = losing_one
     entries = list(video.entries(plan))
     written = {e.index for e in entries}
     spanning = {e.index for e in plan.entries if e.kind == "P" and e.ref_index < lost <= e.index}

@@ -41,6 +41,11 @@ def test_ask_json(capsys, checkpoint, integer_clip, cache_dir):
     assert code == 0 and streamed == report["answer"] + "\n"
     assert "180 visual" in err and "TTFT" in err
 
+    # --compile: the static KV cache (with the eager step on a CPU: nothing compiled) answers alike.
+    code, out, _ = ask(capsys, *common, "--json", "--max-new-tokens", "5", "--compile")
+    compiled = json.loads(out)
+    assert code == 0 and compiled["answer"] == report["answer"] and compiled["compile_s"] == 0.0
+
 
 @pytest.mark.parametrize(
     ("args", "message"),

@@ -44,6 +44,9 @@ def test_chat_turns_share_the_cache(capsys, monkeypatch, checkpoint, integer_cli
     # Streaming: one answer line per question, the same answers as the JSON run (greedy).
     code, out, _ = chat(capsys, monkeypatch, "what is moving ?\nwhich direction ?\n", *common)
     assert code == 0 and out.splitlines() == [first["answer"], second["answer"]]
+    # --compile: the turns share one static KV cache and answer alike.
+    code, out, _ = chat(capsys, monkeypatch, "what is moving ?\nwhich direction ?\n", *common, "--compile")
+    assert code == 0 and out.splitlines() == [first["answer"], second["answer"]]
 
 
 def test_chat_bad_video_exits_2(capsys, monkeypatch, checkpoint, tmp_path):

@@ -149,3 +149,21 @@ def test_cold_runs_add_the_codec_time(eval_checkpoint, sample_video, eval_env, c
         assert row["codec_s"] > 0
         assert row["cold_ttft_s"] == pytest.approx(row["codec_s"] + row["ttft_s"])  # one run: no medians
     assert "cold_ttft_reduction_pct" in runs["cope_k1"]
+
+
+def test_compile_compares_both_decode_paths(eval_checkpoint, sample_video, eval_env, capsys):
+    """--compile: each run decodes its answer with the dynamic cache and again with the static cache
+    (the eager step on a CPU: nothing compiled), and reports both decode ms/token."""
+    args = ["bench", "--model", str(eval_checkpoint), "--video", str(sample_video), "--device", "cpu"]
+    args += ["--configs", "cope_k1", "--repeats", "1", "--new-tokens", "4", "--no-memory", "--no-flops"]
+    assert main([*args, "--compile", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (row,) = report["runs"]
+    assert report["compile"] is True and report["compiled_step"] is False and row["compile_s"] == 0.0
+    assert row["decode_ms_per_token"] == pytest.approx(1000 * row["decode_s"] / 3)
+    assert row["static_decode_ms_per_token"] == pytest.approx(1000 * row["static_decode_s"] / 3)
+    assert row["static_decode_s"] > 0
+    assert row["static_e2e_s"] > row["ttft_s"]
+    assert main([*args, "--out", str(eval_checkpoint.parent / "compiled"), "--compile"]) == 0
+    assert "static decode ms/token" in (eval_checkpoint.parent / "compiled" / "bench.md").read_text()
+    assert "ms/token (static cache, eager step: compiled on CUDA only)" in capsys.readouterr().out

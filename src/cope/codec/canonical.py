@@ -33,17 +33,30 @@ MAX_CANONICAL_SIDE = 2048
 CACHE_FORMAT_VERSION = 3  # 3: S-frames counted as their own type
 
 
+# Which stream extraction reads: the canonical transcode; the source's own H.264 / MPEG-4 stream
+# (``cope.codec.native``); or native where the source allows it, canonical otherwise.
+CODEC_CHOICES = ("canonical", "native", "auto")
+
+
 @dataclass(frozen=True)
 class CanonicalSettings:
-    """How the canonical stream is encoded. The defaults are the paper's setting."""
+    """How the canonical stream is encoded. The defaults are the paper's setting.
+
+    ``codec`` picks the stream extraction reads (``CODEC_CHOICES``). In native mode the source's
+    own frame rate and GOPs replace ``fps``, ``gop`` and ``quantizer``; every output array still
+    has the canonical ``width`` × ``height``.
+    """
 
     fps: int = 30  # paper §4.1: 30 FPS
     gop: int = 240  # paper §4.1: GOP of 240 frames (8 s)
     width: int = 384  # SigLIP-so400m-patch14-384 input side
     height: int = 384
     quantizer: int = 3  # pinned MPEG-4 quantiser (qmin = qmax), 2 = best … 31 = worst
+    codec: str = "canonical"  # one of CODEC_CHOICES
 
     def validate(self) -> None:
+        if self.codec not in CODEC_CHOICES:
+            raise CopeInputError(f"codec {self.codec!r} must be one of {', '.join(CODEC_CHOICES)}")
         for name in ("width", "height"):
             side = getattr(self, name)
             if side <= 0 or side % 16 or side > MAX_CANONICAL_SIDE:
@@ -58,7 +71,9 @@ class CanonicalSettings:
             raise CopeInputError(f"quantizer {self.quantizer} must be between 2 and 31")
 
     def cache_key(self) -> str:
-        settings = json.dumps({**asdict(self), "version": CACHE_FORMAT_VERSION}, sort_keys=True)
+        """The transcode's settings: ``codec`` picks a reader, it does not change the stream."""
+        encoding = {name: value for name, value in asdict(self).items() if name != "codec"}
+        settings = json.dumps({**encoding, "version": CACHE_FORMAT_VERSION}, sort_keys=True)
         return hashlib.sha256(settings.encode()).hexdigest()[:16]
 
 
@@ -498,6 +513,7 @@ def sample_video_path() -> Path:
 
 
 __all__ = [
+    "CODEC_CHOICES",
     "CanonicalSettings",
     "CanonicalVideo",
     "check_video_path",

@@ -12,17 +12,29 @@ constant over 8×8 or 16×16 blocks, so this only moves motion boundaries by at 
 while making a frame's update ~16× cheaper than per pixel (it runs on every decoded P-frame).
 The accumulated residual is then frame t minus frame t−s sampled (bilinearly) at p + A_t(p).
 
-Intra-coded macroblocks have no vector: they restart the trace (A = 0, "same place as before").
+Intra-coded blocks have no vector: they restart the trace (A = 0, "same place as before").
+
+Fusion reads motion per 8×8 luma block (``BlockMotion``), the finest grid FFmpeg exports for any
+codec: MPEG-4 (``MacroblockMotion.blocks``) and H.264's 16×16 … 8×8 partitions (``native.py``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from cope.codec import kernels
-from cope.codec.residual import MacroblockMotion
 
 MOTION_CELL = 4  # pixels; divides 8, so a cell never straddles two codec blocks
+
+
+@dataclass
+class BlockMotion:
+    """One frame's motion per 8×8 luma block, relative to the previous frame of the chain."""
+
+    vectors: np.ndarray  # (rows8, cols8, 2) float32 pixels (dx, dy), contract sign
+    intra: np.ndarray  # (rows8, cols8) bool: no vector, the trace restarts here
 
 
 class MotionAccumulator:
@@ -45,29 +57,21 @@ class MotionAccumulator:
         self.field[:] = 0.0
         self.steps = 0
 
-    def _cell_motion(self, motion: MacroblockMotion) -> np.ndarray:
-        """The frame's own vectors at cell resolution, (rows, cols, 2) float32 pixels."""
-        mb_rows, mb_cols = motion.shape
-        blocks8 = motion.mv8.reshape(mb_rows, mb_cols, 2, 2, 2).transpose(0, 2, 1, 3, 4)
-        blocks8 = blocks8.reshape(mb_rows * 2, mb_cols * 2, 2).astype(np.float32) * 0.5
-        per_block = 8 // self.cell
-        cells = np.repeat(np.repeat(blocks8, per_block, axis=0), per_block, axis=1)
-        return cells[: self.rows, : self.cols]
-
-    def add(self, motion: MacroblockMotion) -> None:
-        """Compose one more P-frame (its motion is relative to the previous decoded frame).
+    def add(self, motion: BlockMotion) -> None:
+        """Compose one more frame (its motion is relative to the previous frame of the chain).
 
         Runs the compiled ``kernels.compose_cells`` where numba is installed, else ``add_reference``.
         """
         if kernels.ENABLED:
-            self.field = kernels.compose_cells(self.field, motion.mv8, motion.intra, self.cell)
+            self.field = kernels.compose_cells(self.field, motion.vectors, motion.intra, self.cell)
             self.steps += 1
         else:
             self.add_reference(motion)
 
-    def add_reference(self, motion: MacroblockMotion) -> None:
+    def add_reference(self, motion: BlockMotion) -> None:
         """``add`` in numpy: the reference the compiled kernel is tested against."""
-        m = self._cell_motion(motion)
+        per_block = 8 // self.cell
+        m = np.repeat(np.repeat(motion.vectors, per_block, 0), per_block, 1)[: self.rows, : self.cols]
         # Where each cell centre came from in the previous frame, as the nearest cell index.
         src_y = np.rint((self.centre_y + m[..., 1] - (self.cell - 1) / 2.0) / self.cell).astype(np.int64)
         src_x = np.rint((self.centre_x + m[..., 0] - (self.cell - 1) / 2.0) / self.cell).astype(np.int64)
@@ -75,15 +79,26 @@ class MotionAccumulator:
         np.clip(src_x, 0, self.cols - 1, out=src_x)
         field = m + self.field[src_y, src_x]
         if motion.intra.any():
-            intra = np.repeat(np.repeat(motion.intra, 16 // self.cell, 0), 16 // self.cell, 1)
+            intra = np.repeat(np.repeat(motion.intra, per_block, 0), per_block, 1)
             field[intra[: self.rows, : self.cols]] = 0.0
         self.field = field
         self.steps += 1
 
-    def dense(self) -> np.ndarray:
-        """The accumulated field per pixel, (H, W, 2) float32, contract sign."""
-        field = np.repeat(np.repeat(self.field, self.cell, axis=0), self.cell, axis=1)
-        return np.ascontiguousarray(field[: self.height, : self.width])
+    def dense(self, height: int | None = None, width: int | None = None) -> np.ndarray:
+        """The accumulated field per pixel, (H, W, 2) float32, contract sign.
+
+        By default at the frame's own size. ``height`` × ``width`` resamples it for an output frame
+        of that size (native mode: the source's frame scaled to the canonical size): each output
+        pixel takes the cell under its centre, and the vectors are scaled to output pixels.
+        """
+        if height is None or width is None or (height, width) == (self.height, self.width):
+            field = np.repeat(np.repeat(self.field, self.cell, axis=0), self.cell, axis=1)
+            return np.ascontiguousarray(field[: self.height, : self.width])
+        rows = ((np.arange(height) + 0.5) * (self.height / height)).astype(np.int64) // self.cell
+        cols = ((np.arange(width) + 0.5) * (self.width / width)).astype(np.int64) // self.cell
+        field = self.field[np.minimum(rows, self.rows - 1)[:, None], np.minimum(cols, self.cols - 1)[None, :]]
+        scale = np.array([width / self.width, height / self.height], dtype=np.float32)
+        return np.ascontiguousarray(field * scale)
 
 
 def warp_bilinear(image: np.ndarray, field: np.ndarray) -> np.ndarray:

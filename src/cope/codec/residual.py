@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cope.codec import kernels
+from cope.codec.fusion import BlockMotion
 
 # H.263 chroma rounding of the sum of four luma half-pel vectors (sixteenths of a chroma half-pel
 # step, ISO/IEC 14496-2 Table 7-9): index = sum mod 16.
@@ -44,6 +45,14 @@ class MacroblockMotion:
     @property
     def shape(self) -> tuple[int, int]:
         return self.intra.shape
+
+    def blocks(self) -> BlockMotion:
+        """The same motion per 8×8 luma block in pixels, as fusion reads it:
+        (2·mb_rows, 2·mb_cols, 2) float32 vectors (half-pels × 0.5, exact) and intra flags."""
+        rows, cols = self.shape
+        grid = self.mv8.reshape(rows, cols, 2, 2, 2).transpose(0, 2, 1, 3, 4).reshape(rows * 2, cols * 2, 2)
+        intra = np.repeat(np.repeat(self.intra, 2, axis=0), 2, axis=1)
+        return BlockMotion(grid.astype(np.float32) * np.float32(0.5), intra)
 
 
 def macroblock_motion(mvs: np.ndarray | None, mb_rows: int, mb_cols: int) -> MacroblockMotion:
@@ -165,8 +174,5 @@ def predict_frame(
 def dense_motion_field(motion: MacroblockMotion, height: int, width: int) -> np.ndarray:
     """Per-pixel motion field (H, W, 2) float32 in pixels, contract sign: the pixel (x, y) is
     predicted from (x + dx, y + dy) of the reference. Intra macroblocks get (0, 0)."""
-    per_block = motion.mv8.astype(np.float32) / 2.0  # (mb_rows, mb_cols, 4, 2) pixels
-    rows, cols = motion.shape
-    grid = per_block.reshape(rows, cols, 2, 2, 2).transpose(0, 2, 1, 3, 4).reshape(rows * 2, cols * 2, 2)
-    field = np.repeat(np.repeat(grid, 8, axis=0), 8, axis=1)
+    field = np.repeat(np.repeat(motion.blocks().vectors, 8, axis=0), 8, axis=1)
     return np.ascontiguousarray(field[:height, :width])

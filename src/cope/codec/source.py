@@ -49,7 +49,7 @@ class SourceFrames:
         """(canonical index, RGB (H, W, 3) uint8) for ``indices`` in increasing order."""
         try:
             for index, frame in _frames_at(self.container, self.stream, indices, self.settings):
-                yield index, _to_canonical_rgb(frame, self.settings)
+                yield index, to_canonical_rgb(frame, self.settings)
         except av.error.FFmpegError as exc:
             raise CopeInputError(f"{self.path}: cannot decode the video ({exc})") from exc
 
@@ -99,7 +99,7 @@ def _seconds(frame, stream) -> float:
     return float(frame.pts * stream.time_base)
 
 
-def _to_canonical_rgb(frame, settings: CanonicalSettings) -> np.ndarray:
+def to_canonical_rgb(frame, settings: CanonicalSettings) -> np.ndarray:
     """Rotate by the display matrix (as ``ffmpeg`` does), then scale to the canonical size."""
     turns = {90: -1, 180: 2, 270: 1}.get(round(-(getattr(frame, "rotation", 0) or 0)) % 360, 0)
     width, height = (

@@ -12,8 +12,13 @@ import time
 from pathlib import Path
 
 from cope.commands.common import (
+    add_adaptive_keyframes_option,
+    add_codec_option,
+    add_compile_option,
     add_model_options,
     add_sampling_options,
+    add_workers_option,
+    check_codec_args,
     check_model_plan_args,
     sampling_options,
     warn_decode_errors,
@@ -28,11 +33,15 @@ def add_ask_options(parser) -> None:
     sampling = parser.add_argument_group("sampling (defaults: the model's config)")
     add_sampling_options(sampling)
     sampling.add_argument("--cache-dir", type=Path, help="transcode cache (default: ~/.cache/cope)")
+    add_adaptive_keyframes_option(sampling)
+    add_codec_option(sampling, None)
+    add_workers_option(sampling)
     generation = parser.add_argument_group("generation")
     generation.add_argument("--max-new-tokens", type=int, default=256, help="answer length cap (256)")
     generation.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     generation.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0)")
     generation.add_argument("--seed", type=int, help="sampling seed")
+    add_compile_option(generation, "off: a one-off answer seldom earns back the compilation")
 
 
 def generation_config(args):
@@ -40,7 +49,11 @@ def generation_config(args):
 
     check_positive(args)
     return GenerationConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        compile=bool(args.compile),
     )
 
 
@@ -71,10 +84,22 @@ def load_model(args, name: str):
 
 
 def open_model_video(config, path, args):
-    """Open (transcode, cached) a video into the canonical stream the model expects."""
+    """Open a video as the model expects it: transcoded (cached) to its canonical stream, or read
+    in its own codec (``--codec``, else the model config's ``canonical.codec``)."""
+    from dataclasses import replace
+
     from cope.codec.extract import open_video
 
-    return open_video(path, config.canonical, cache_dir=args.cache_dir, progress=True)
+    check_codec_args(args)
+    settings = replace(config.canonical, codec=args.codec) if args.codec else config.canonical
+    return open_video(
+        path,
+        settings,
+        cache_dir=args.cache_dir,
+        progress=True,
+        workers=args.workers,
+        adaptive_keyframes=args.adaptive_keyframes,
+    )
 
 
 def check_mode(config, args) -> str:
@@ -182,11 +207,12 @@ def answer_record(model, encoded, answer, started: float | None = None) -> dict:
 def summary_line(encoded, answer, started: float | None = None) -> str:
     t = answer.timings
     wall = f", wall {time.perf_counter() - started:.3f} s" if started is not None else ""
+    compiled = f", compile {t.compile_s:.1f} s (once per cache size)" if t.compile_s else ""
     return (
         f"[{encoded.mode}: {encoded.plan.rgb_frames} RGB + {encoded.plan.delta_frames} Δ frames, "
         f"{answer.visual_tokens} visual / {answer.prompt_tokens} prompt tokens, {answer.new_tokens} new; "
         f"TTFT {t.ttft_s:.3f} s (vision {t.vision_s:.3f}, Δ {t.delta_s:.3f}, prefill {t.prefill_s:.3f}), "
-        f"E2E {t.e2e_s:.3f} s, codec {encoded.transcode_s + t.extract_s:.3f} s{wall}]"
+        f"E2E {t.e2e_s:.3f} s, codec {encoded.transcode_s + t.extract_s:.3f} s{compiled}{wall}]"
     )
 
 

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from cope.commands.common import add_model_options
+from cope.commands.common import add_codec_option, add_compile_option, add_model_options, compile_on_cuda
 from cope.errors import CopeInputError
 
 OUTPUT_FILES = ("bench.json", "bench.md", "bench.png")
@@ -41,6 +41,7 @@ def register(commands) -> None:
         "parameters, weight and KV-cache sizes (with --device meta nothing is allocated)",
     )
     parser.add_argument("--video", help="video to read (default: the bundled sample)")
+    add_codec_option(parser, None)
     parser.add_argument(
         "--cold",
         action="store_true",
@@ -49,6 +50,11 @@ def register(commands) -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per config, after one warm-up (3)")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per run, EOS ignored (64)")
+    add_compile_option(
+        parser,
+        "on for CUDA. Each run then decodes its answer twice, with the dynamic cache and with the "
+        "static cache (+ the compiled step on CUDA), and reports both decode ms/token",
+    )
     parser.add_argument(
         "--configs",
         default="dense64,cope_k1,cope_k2,cope_k4,iframes_k1",
@@ -97,6 +103,10 @@ def cmd_bench(args) -> int:
     import torch
 
     model = _load_model(args)
+    if args.codec:  # every run opens the video through the model config's codec setting
+        from dataclasses import replace
+
+        model.config.canonical = replace(model.config.canonical, codec=args.codec)
     if args.dry_run:
         report = dry_run(model, video, tuple(CONFIGS_BY_NAME[name] for name in names))
         print(json.dumps(report) if args.json else format_dry_run(report))
@@ -113,6 +123,7 @@ def cmd_bench(args) -> int:
             measure_memory=not args.no_memory,
             progress=True,
             cold=args.cold,
+            compile=compile_on_cuda(args, model.device),
         )
     finally:
         torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)

@@ -38,6 +38,23 @@ def add_model_options(group) -> None:
     group.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="auto: bfloat16 on CUDA")
 
 
+def add_compile_option(group, default: str) -> None:
+    """--compile / --no-compile (``GenerationConfig.compile``); unset = ``default``, as described."""
+    group.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode with a static KV cache and a torch.compile'd step (CUDA graphs); compiling costs "
+        "once per cache size (reported as compile_s). On CPU/MPS: the static cache with the eager "
+        f"step, no compilation (default: {default})",
+    )
+
+
+def compile_on_cuda(args, device) -> bool:
+    """--compile as given, else on where the model runs on CUDA (``cope serve``, ``cope bench``)."""
+    return args.compile if args.compile is not None else device.type == "cuda"
+
+
 def add_sampling_options(group) -> None:
     """--mode, --keyframes-per-gop, --fusion, --max-gops, --dense-frames; unset = the model's config
     (``CopeConfig``), so a command never overrides a checkpoint's own defaults by accident."""
@@ -105,25 +122,77 @@ def add_canonical_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read the input's own stream; it must be MPEG-4 Part 2 with I/P-frames only, half-pel",
     )
+    add_codec_option(group, paper.codec)
+
+
+def add_codec_option(group, default: str | None) -> None:
+    """--codec canonical|native|auto (``CanonicalSettings.codec``); ``default`` None: the model's."""
+    from cope.codec.canonical import CODEC_CHOICES
+
+    group.add_argument(
+        "--codec",
+        choices=CODEC_CHOICES,
+        default=default,
+        help="canonical: transcode first; native: read the source's own H.264 / MPEG-4 stream (its "
+        "GOPs and frame rate, no transcode); auto: native where the stream allows it "
+        f"(default: {default or 'the model config'})",
+    )
+
+
+def add_workers_option(group) -> None:
+    """--workers N: GOPs decoded and fused at once (``CodecVideo.workers``)."""
+    group.add_argument(
+        "--workers",
+        type=int,
+        help="GOPs decoded and fused in parallel threads (default: the available cores); the output "
+        "is the same for any number",
+    )
+
+
+def add_adaptive_keyframes_option(group) -> None:
+    """--adaptive-keyframes (``CodecVideo.adaptive_keyframes``)."""
+    group.add_argument(
+        "--adaptive-keyframes",
+        action="store_true",
+        help="a scene cut inside a GOP starts a new keyframe (one more RGB frame each), so no "
+        "Δ-frame mixes two shots",
+    )
+
+
+def check_codec_args(args) -> None:
+    """--workers ≥ 1, and --no-transcode (the canonical reader) only with --codec canonical."""
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        raise CopeInputError(f"--workers must be ≥ 1, got {workers}")
+    if getattr(args, "no_transcode", False) and args.codec not in (None, "canonical"):
+        raise CopeInputError(f"--no-transcode reads the stream as canonical: drop it or --codec {args.codec}")
 
 
 def canonical_settings(args):
     from cope.codec.canonical import CanonicalSettings
 
     return CanonicalSettings(
-        fps=args.fps, gop=args.gop, width=args.size[0], height=args.size[1], quantizer=args.quantizer
+        fps=args.fps,
+        gop=args.gop,
+        width=args.size[0],
+        height=args.size[1],
+        quantizer=args.quantizer,
+        codec=args.codec,
     )
 
 
 def open_cli_video(args):
     from cope.codec.extract import open_video
 
+    check_codec_args(args)
     video = open_video(
         args.video,
         canonical_settings(args),
         no_transcode=args.no_transcode,
         cache_dir=args.cache_dir,
         progress=True,
+        workers=getattr(args, "workers", None),
+        adaptive_keyframes=args.adaptive_keyframes,
     )
     warn_decode_errors(args.video, video)
     return video
@@ -146,15 +215,15 @@ def check_plan_args(args, keyframes_per_gop: int = 1, video=None) -> None:
     """Every plan option, by the one rule set of ``cope.plan.check_plan_options``; exit 2 if broken.
 
     Without ``video`` it runs before any decoding, against the ``--gop`` the video will be
-    transcoded to (under ``--no-transcode`` only what needs no stream is checked); with ``video``
-    against the GOP its plans use.
+    transcoded to (under ``--no-transcode`` and ``--codec native|auto``, whose GOPs are the
+    source's, only what needs no stream is checked); with ``video`` against the GOP its plans use.
     """
     max_gops = getattr(args, "max_gops", None)
     if max_gops is not None and max_gops < 1:
         raise CopeInputError(f"max GOPs must be ≥ 1, got {max_gops}")
     if video is not None:
         gop = video.plan_gop(args.fusion)
-    elif args.no_transcode:
+    elif args.no_transcode or args.codec != "canonical":
         gop = args.fusion * keyframes_per_gop if args.fusion >= 1 and keyframes_per_gop >= 1 else 1
     else:
         gop = args.gop
@@ -168,6 +237,10 @@ def check_model_plan_args(config, args) -> None:
         return
     fusion = args.fusion if args.fusion is not None else config.fusion
     keyframes = args.keyframes_per_gop if args.keyframes_per_gop is not None else config.keyframes_per_gop
+    source_gops = (getattr(args, "codec", None) or config.canonical.codec) != "canonical"
+    if source_gops and fusion >= 1 and keyframes >= 1:  # checked against the video once it is open
+        _check_plan(fusion * keyframes, fusion, keyframes)
+        return
     _check_plan(config.canonical.gop, fusion, keyframes)
 
 
@@ -202,6 +275,6 @@ def warn_scene_cuts(name, plan, cuts: list[int]) -> None:
         more = f" and {len(spanning) - 5} more" if len(spanning) > 5 else ""
         print(
             f"cope: warning: {name}: {len(spanning)} Δ-frame(s) span a scene cut, their motion and "
-            f"residual mix two shots: {shown}{more} (a smaller --fusion or more keyframes helps)",
+            f"residual mix two shots: {shown}{more} (--adaptive-keyframes starts a keyframe at each cut)",
             file=sys.stderr,
         )

@@ -51,6 +51,8 @@ def register(commands) -> None:
             action.help = "keep the canonical transcodes here (default: temporary, deleted per video)"
         if "--no-transcode" in action.option_strings:
             action.help = "not supported: the cache always holds canonical streams"
+        if "--codec" in action.option_strings:
+            action.help = "canonical only: the cache always holds canonical streams"
     parser.set_defaults(func=cmd_preprocess)
 
 
@@ -63,6 +65,10 @@ def cmd_preprocess(args) -> int:
     if args.no_transcode:
         raise CopeInputError(
             "--no-transcode is not supported by preprocess: the cache holds canonical streams"
+        )
+    if args.codec != "canonical":
+        raise CopeInputError(
+            f"--codec {args.codec} is not supported by preprocess: the cache holds canonical streams"
         )
     config = PreprocessConfig(
         list_path=args.list,

@@ -7,7 +7,7 @@ import socket
 import sys
 from pathlib import Path
 
-from cope.commands.common import add_model_options
+from cope.commands.common import add_compile_option, add_model_options, compile_on_cuda
 from cope.errors import CopeInputError
 
 MiB = 1 << 20
@@ -25,10 +25,19 @@ def register(commands) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 = any free port)")
-    add_model_options(parser.add_argument_group("model"))
-    parser.add_argument(
+    model = parser.add_argument_group("model")
+    add_model_options(model)
+    model.add_argument(
         "--model-name", default=None, help="the id clients use (default: the model dir's name)"
     )
+    model.add_argument(
+        "--max-batch",
+        type=int,
+        default=8,
+        help="answers decoded together, one forward per step for all (continuous batching); more "
+        "requests wait in the queue (default: 8)",
+    )
+    add_compile_option(model, "on for CUDA; the first requests after start pay the compilation")
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--allow-dir",
@@ -70,8 +79,8 @@ def register(commands) -> None:
         "--prefill-chunk-tokens",
         type=int,
         default=256,
-        help="prompt positions per prefill forward; a timeout or disconnect is noticed between chunks "
-        "(default: 256)",
+        help="prompt positions per prefill forward; a timeout or disconnect is noticed between chunks, "
+        "and the answers being decoded take a step between them (default: 256)",
     )
     limits.add_argument(
         "--body-timeout-s",
@@ -151,6 +160,7 @@ def cmd_serve(args) -> int:
 
 def _load(args):
     from cope.model.videolm import CopeConfig, CopeVideoLM, resolve_model
+    from cope.model.videolm.modeling_cope import resolve_device
     from cope.serve.config import ServeSettings
 
     model_path = resolve_model(args.model)
@@ -170,6 +180,8 @@ def _load(args):
         max_prompt_tokens=args.max_prompt_tokens,
         body_timeout_s=args.body_timeout_s,
         prefill_chunk_tokens=args.prefill_chunk_tokens,
+        max_batch=args.max_batch,
+        compile=compile_on_cuda(args, resolve_device(args.device)),
         max_connections=args.max_connections,
         bind_host=args.host,
         allowed_hosts=tuple(args.allowed_host),

@@ -211,6 +211,7 @@ class SlotEntry:
             frames=torch.from_numpy(np.ascontiguousarray(self.rgb[frames])),
             mv=torch.from_numpy(self.mv_halfpel[mvs].astype(np.float32) * 0.5),
             residual=torch.from_numpy(np.ascontiguousarray(self.residual[residuals])),
+            source=str(self.source),
         )
 
 

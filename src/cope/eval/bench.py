@@ -11,6 +11,13 @@ Protocol (paper §4.4: TTFT and E2EL for 64 generated tokens against LLaVA-Video
 * timings are the model's own (``Timings``; the device is synchronised before every clock read):
   vision_s + delta_s + prefill_s = ttft_s; ttft_s + decode_s = e2e_s. Codec decoding
   (``extract_s``) is reported beside them and, as in the paper, is not part of TTFT;
+* ``decode_ms_per_token`` = decode_s / (new_tokens − 1): one cached forward per token after the
+  first (which the prefill chooses);
+* with ``compile``, every run also generates the same answer a second time with
+  ``GenerationConfig(compile=True)`` (static KV cache; a torch.compile'd step on CUDA, the eager
+  step elsewhere: the report's ``compiled_step``) and the row gains ``static_decode_s``,
+  ``static_e2e_s``, ``static_decode_ms_per_token`` and ``compile_s``: the compilation, paid in
+  the warm-up run (once per static-cache length);
 * peak memory is measured in one extra, untimed run per config: on CUDA the allocator's
   ``max_memory_allocated`` after a reset; on CPU the highest resident set size of the process
   sampled every 2 ms during that run (it includes the loaded weights, so compare configs by the
@@ -22,13 +29,15 @@ from __future__ import annotations
 import os
 import statistics
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 BENCH_QUESTION = "Describe what happens in the video."
 TIMING_KEYS = ("extract_s", "vision_s", "delta_s", "prefill_s", "ttft_s", "decode_s", "e2e_s")
 # ``--cold``: the codec work TTFT leaves out, and what a user waits for on a video seen for the first time.
 COLD_KEYS = ("codec_s", "cold_ttft_s")
+# ``--compile``: the same answer decoded with the static cache (and the compiled step on CUDA).
+STATIC_KEYS = ("static_decode_s", "static_e2e_s", "static_decode_ms_per_token")
 
 
 @dataclass(frozen=True)
@@ -51,11 +60,20 @@ BENCH_CONFIGS = (
 CONFIGS_BY_NAME = {config.name: config for config in BENCH_CONFIGS}
 
 
-def run_once(model, video, config: BenchConfig, new_tokens: int, cold_source: Path | None = None) -> dict:
+def run_once(
+    model,
+    video,
+    config: BenchConfig,
+    new_tokens: int,
+    cold_source: Path | None = None,
+    compile: bool = False,
+) -> dict:
     """Encode + prompt + generate ``new_tokens`` tokens; the counts and timings of that one run.
 
     ``cold_source``: read that file as if for the first time (``encode_cold``) and add ``codec_s``
-    and ``cold_ttft_s``; otherwise ``video`` is the already opened ``CodecVideo``.
+    and ``cold_ttft_s``; otherwise ``video`` is the already opened ``CodecVideo``. ``compile``:
+    decode the same prompt again with ``GenerationConfig(compile=True)`` (``STATIC_KEYS`` and
+    ``compile_s``).
     """
     from cope.model.videolm import GenerationConfig
 
@@ -63,7 +81,8 @@ def run_once(model, video, config: BenchConfig, new_tokens: int, cold_source: Pa
         encode_cold(model, cold_source, config) if cold_source is not None else encode(model, video, config)
     )
     prompt = model.build_prompt(encoded, BENCH_QUESTION)
-    answer = model.generate(prompt, GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True))
+    generation = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
+    answer = model.generate(prompt, generation)
     timings = answer.timings
     row = {
         "visual_tokens": answer.visual_tokens,
@@ -72,11 +91,23 @@ def run_once(model, video, config: BenchConfig, new_tokens: int, cold_source: Pa
         "delta_frames": encoded.plan.delta_frames,
         "new_tokens": answer.new_tokens,
         **{key: getattr(timings, key) for key in TIMING_KEYS},
+        "decode_ms_per_token": ms_per_decode_step(timings.decode_s, answer.new_tokens),
     }
     if cold_source is not None:
         row["codec_s"] = encoded.transcode_s + encoded.extract_s
         row["cold_ttft_s"] = row["codec_s"] + timings.ttft_s
+    if compile:
+        static = model.generate(prompt, replace(generation, compile=True)).timings
+        row["static_decode_s"] = static.decode_s
+        row["static_e2e_s"] = static.e2e_s
+        row["static_decode_ms_per_token"] = ms_per_decode_step(static.decode_s, answer.new_tokens)
+        row["compile_s"] = static.compile_s
     return row
+
+
+def ms_per_decode_step(decode_s: float, new_tokens: int) -> float:
+    """Milliseconds per decoded token after the first (the prefill chooses the first)."""
+    return 1000 * decode_s / max(new_tokens - 1, 1)
 
 
 def encode(model, video, config: BenchConfig, **options):
@@ -164,7 +195,7 @@ def median_run(runs: list[dict]) -> dict:
         for key in ("visual_tokens", "prompt_tokens", "new_tokens"):
             if run[key] != first[key]:
                 raise RuntimeError(f"{key} changed between repeats: {first[key]} → {run[key]}")
-    timed = [key for key in TIMING_KEYS + COLD_KEYS if key in first]
+    timed = [key for key in (*TIMING_KEYS, "decode_ms_per_token", *COLD_KEYS, *STATIC_KEYS) if key in first]
     merged = {key: value for key, value in first.items() if key not in timed}
     for key in timed:
         merged[key] = statistics.median(run[key] for run in runs)
@@ -186,15 +217,18 @@ def run_bench(
     measure_memory: bool = True,
     progress: bool = False,
     cold: bool = False,
+    compile: bool = False,
 ) -> dict:
     """Benchmark ``configs`` on one video; the JSON object ``cope bench --json`` prints.
 
     ``cold``: every run reads the file as if for the first time (``encode_cold``), and the rows
-    gain ``codec_s`` and ``cold_ttft_s``.
+    gain ``codec_s`` and ``cold_ttft_s``. ``compile``: every run also decodes with the static cache
+    (and the compiled step on CUDA; ``run_once``).
     """
     from tqdm import tqdm
 
     from cope.codec.extract import open_video
+    from cope.model.videolm.generation import compiled_steps_available
 
     if repeats < 1 or new_tokens < 1:
         raise ValueError("repeats and new_tokens must be at least 1")
@@ -202,22 +236,25 @@ def run_bench(
     total = len(configs) * (repeats + 1 + int(measure_memory))
     bar = tqdm(total=total, desc="bench", unit="run", disable=not progress, leave=False)
     source = Path(video_path) if cold else None
-    for config in configs:  # warm-up: first calls allocate, build kernels, fill caches
-        run_once(model, video, config, new_tokens, source)
+    warm_up = {}
+    for config in configs:  # warm-up: first calls allocate, build kernels, compile, fill caches
+        warm_up[config.name] = run_once(model, video, config, new_tokens, source, compile)
         bar.update(1)
     measured: dict[str, list[dict]] = {config.name: [] for config in configs}
     for _ in range(repeats):
         for config in configs:
-            measured[config.name].append(run_once(model, video, config, new_tokens, source))
+            measured[config.name].append(run_once(model, video, config, new_tokens, source, compile))
             bar.update(1)
     baseline_rss = rss_mb()
     rows = []
     for config in configs:
         row = {"config": config.name, "mode": config.mode, **median_run(measured[config.name])}
         row["keyframes_per_gop"] = config.keyframes_per_gop
+        if compile:  # paid once, in the warm-up run; the timed runs reuse the compiled step
+            row["compile_s"] = warm_up[config.name]["compile_s"]
         if measure_memory:
             with PeakMemory(model.device) as memory:
-                run_once(model, video, config, new_tokens, source)
+                run_once(model, video, config, new_tokens, source, compile)
             row["peak_memory_mb"] = memory.peak_mb
             bar.update(1)
         rows.append(row)
@@ -228,6 +265,8 @@ def run_bench(
         "repeats": repeats,
         "new_tokens": new_tokens,
         "cold": cold,
+        "compile": compile,
+        "compiled_step": compile and compiled_steps_available(model.device),
         "threads": _torch_threads(),
         "memory": "cuda max_memory_allocated" if model.device.type == "cuda" else "cpu peak rss (sampled)",
         "baseline_rss_mb": baseline_rss,
@@ -299,6 +338,7 @@ def format_markdown(report: dict) -> str:
     """The runs as a markdown table (medians), with the reductions against dense64."""
     flops = "prefill_gflops" in report["runs"][0]
     cold = "cold_ttft_s" in report["runs"][0]
+    static = "static_decode_ms_per_token" in report["runs"][0]
     lines = [
         f"`cope bench` — model `{report['model']}` on {report['device']} ({report['dtype']}, "
         f"{report['threads']} threads), video `{Path(report['video']).name}`, "
@@ -307,10 +347,12 @@ def format_markdown(report: dict) -> str:
         "| config | visual tokens | prompt tokens | vision s | Δ s | prefill s | **TTFT s** | decode s "
         "| **E2EL s** | peak MB | TTFT vs dense64 | E2EL vs dense64 |"
         + (" prefill GFLOP | FLOPs vs dense64 |" if flops else "")
-        + (" codec s | **cold TTFT s** | cold TTFT vs dense64 |" if cold else ""),
+        + (" codec s | **cold TTFT s** | cold TTFT vs dense64 |" if cold else "")
+        + (" decode ms/token | static decode ms/token | static E2EL s | compile s |" if static else ""),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         + ("---:|---:|" if flops else "")
-        + ("---:|---:|---:|" if cold else ""),
+        + ("---:|---:|---:|" if cold else "")
+        + ("---:|---:|---:|---:|" if static else ""),
     ]
     for row in report["runs"]:
         peak = row.get("peak_memory_mb")
@@ -324,6 +366,11 @@ def format_markdown(report: dict) -> str:
             line += f" {row['prefill_gflops']:.3f} | {_pct(row, 'flop_reduction_pct')} |"
         if cold:
             line += f" {row['codec_s']:.4f} | **{row['cold_ttft_s']:.4f}** | {_pct(row, 'cold_ttft_reduction_pct')} |"
+        if static:
+            line += (
+                f" {row['decode_ms_per_token']:.2f} | {row['static_decode_ms_per_token']:.2f} "
+                f"| {row['static_e2e_s']:.4f} | {row['compile_s']:.1f} |"
+            )
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -345,6 +392,14 @@ def format_summary(report: dict) -> str:
             lines.append(
                 f"{row['config']}: TTFT {-row['ttft_reduction_pct']:+.1f}%, E2EL {-row['e2e_reduction_pct']:+.1f}%"
                 f"{cold}, visual tokens {-row['visual_tokens_reduction_pct']:+.1f}% vs dense64"
+            )
+    step = "compiled step" if report.get("compiled_step") else "eager step: compiled on CUDA only"
+    for row in report["runs"]:
+        if "static_decode_ms_per_token" in row:
+            lines.append(
+                f"{row['config']}: decode {row['decode_ms_per_token']:.2f} ms/token (dynamic cache) → "
+                f"{row['static_decode_ms_per_token']:.2f} ms/token (static cache, {step}), "
+                f"compilation {row['compile_s']:.1f} s once"
             )
     if "flops" in report:
         seconds = report["flops"]["clip_seconds"]

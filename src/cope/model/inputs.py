@@ -24,6 +24,9 @@ class VisualInput:
     frames: torch.Tensor  # (nI, H, W, 3) uint8, the "I" entries in order
     mv: torch.Tensor  # (nP, H, W, 2) float32, pixels, codec sign convention
     residual: torch.Tensor  # (nP, H, W, 3) int16, −255…255
+    # The video the entries come from when they are read from a slot cache: with ``indices`` it
+    # names each RGB frame, so training can reuse a frozen tower's features (``TowerFeatureMemo``).
+    source: str | None = None
 
     @property
     def num_rgb(self) -> int:
@@ -63,6 +66,7 @@ class VisualInput:
             frames=self.frames,
             mv=self.mv[:0],
             residual=self.residual[:0],
+            source=self.source,
         )
 
 

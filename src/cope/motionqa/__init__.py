@@ -48,7 +48,14 @@ from cope.motionqa.codec_check import motion_vector_agreement
 from cope.motionqa.files import GENERATOR_VERSION, generate_split, load_split
 from cope.motionqa.plans import answer_space, schedule
 from cope.motionqa.questions import make_clip
-from cope.motionqa.records import STEP_TEMPLATES, chat_records, clip_records, question_stats, step_questions
+from cope.motionqa.records import (
+    STEP_TEMPLATES,
+    chat_records,
+    clip_records,
+    question_stats,
+    step_questions,
+    vocabulary,
+)
 from cope.motionqa.render import (
     COLOURS,
     FPS,
@@ -106,5 +113,6 @@ __all__ = [
     "render_frames",
     "schedule",
     "step_questions",
+    "vocabulary",
     "write_video",
 ]

@@ -4,13 +4,14 @@ and the statistics of a split's questions."""
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections import Counter
 
 import numpy as np
 
-from cope.motionqa.render import FPS, Scene
-from cope.motionqa.spec import NEEDS_MOTION, OBJECT_ANSWER_TYPES, Clip
+from cope.motionqa.render import COLOURS, FPS, SHAPES, Scene
+from cope.motionqa.spec import DIRECTIONS, NEEDS_MOTION, OBJECT_ANSWER_TYPES, TEMPLATES, YES_NO, Clip
 from cope.motionqa.truth import step_direction
 
 
@@ -60,7 +61,10 @@ STEP_TEMPLATES = (
     "From second {t} to second {u}, where does the {subject} go?",
     "Between seconds {t} and {u}, which direction is the {subject} moving?",
 )
-STEPS_PER_CLIP = 6  # per-second motion turns added to each training conversation
+# Per-second motion turns added to each training conversation. Two keep the clip's own questions
+# (2.2 per clip on average) at about half of the supervised answers: with six they were ~3/4 and
+# crowded out the questions the model is asked at test time (docs/tiny-model.md).
+STEPS_PER_CLIP = 2
 
 
 def step_questions(
@@ -125,6 +129,29 @@ def chat_records(llava: list[dict], scenes: dict[str, Scene] | None = None, seed
         for question, answer in step_questions(scenes[video], rng):
             chat["conversations"] += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
     return list(by_video.values())
+
+
+def vocabulary() -> list[str]:
+    """Every word MotionQA can ask or answer, in a fixed order: its templates (clip and per-second
+    questions), colours, shapes, options, "camera", "pan", "still" and the digits (seconds, counts).
+
+    CoPE-Tiny's closed word-level vocabulary (``cope_tiny_init``): ~140 words instead of a 49k-token
+    subword vocabulary, whose embedding was 72% of the model and most of a training step.
+    """
+    templates = [t for ts in TEMPLATES.values() for t in ts] + list(STEP_TEMPLATES)
+    text = re.sub(r"\{\w+\}", " ", " ".join(templates))
+    words = [
+        *re.findall(r"\w+|[^\w\s]", text),
+        *COLOURS,
+        *SHAPES,
+        *DIRECTIONS,
+        *YES_NO,
+        "camera",
+        "pan",
+        "still",
+    ]
+    words += [str(d) for d in range(10)]
+    return list(dict.fromkeys(w.lower() for w in words))
 
 
 def question_stats(records: list[dict]) -> dict:

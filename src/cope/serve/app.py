@@ -51,7 +51,7 @@ def create_app(model, settings: ServeSettings) -> FastAPI:
     settings.validate()
     engine = ChatEngine(model, settings)
     store = VideoStore(settings, engine.canonical_settings)
-    worker = ModelWorker(settings.queue_size, settings.request_timeout_s)
+    worker = ModelWorker(settings.queue_size, settings.request_timeout_s, batch=engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -90,7 +90,9 @@ def _info_routes(settings: ServeSettings, worker: ModelWorker) -> APIRouter:
             "queue": {
                 "waiting": worker.waiting,
                 "capacity": settings.queue_size,
-                "busy": worker.running is not None,
+                "busy": bool(worker.running),
+                "running": len(worker.running),  # the job starting + the answers in the batch
+                "max_batch": settings.max_batch,
             },
             "completed_jobs": worker.completed,
         }

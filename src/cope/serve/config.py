@@ -43,9 +43,15 @@ class ServeSettings:
     # The most prompt positions (text + visual, all turns) a request may fill; beyond → 400
     # context_length_exceeded. None: the model's context length minus ``max_tokens_limit``.
     max_prompt_tokens: int | None = None
-    # The prompt is prefilled this many positions at a time, checking for cancellation and the
-    # deadline in between, so a long prompt never holds the worker past its request's timeout.
+    # The prompt is prefilled this many positions at a time, one chunk per batch step, checking for
+    # cancellation and the deadline in between: a long prompt never holds the worker past its
+    # request's timeout, and the answers being decoded take a step between its chunks.
     prefill_chunk_tokens: int = 256
+    # Answers decoded together (continuous batching): one LLM forward per step for all of them.
+    # More requests than this wait in the queue (``queue_size``) until an answer leaves the batch.
+    max_batch: int = 8
+    # The batch's decode step torch.compile'd with CUDA graphs (CUDA only; elsewhere it runs eager).
+    compile: bool = False
     # A request body (upload or JSON) must have fully arrived this many seconds after the request
     # did; a client that stalls mid-body gets 408 and loses its connection.
     body_timeout_s: float = 60.0
@@ -73,6 +79,7 @@ class ServeSettings:
             "chat_sessions": self.chat_sessions,
             "default_max_tokens": self.default_max_tokens,
             "prefill_chunk_tokens": self.prefill_chunk_tokens,
+            "max_batch": self.max_batch,
             "body_timeout_s": self.body_timeout_s,
             "max_connections": self.max_connections,
         }

@@ -1,7 +1,20 @@
-"""The loaded VideoLM behind the API, and the caches that make later turns cheap.
+"""The loaded VideoLM behind the API, the batch its answers decode in, and the caches that make
+later turns cheap.
 
-Everything here runs on the worker thread (``worker.py``), one job at a time, so the model and
-the caches below are never touched concurrently.
+Everything here runs on the worker thread (``worker.py``), so the model and the caches below are
+never touched concurrently.
+
+Continuous batching: a chat job encodes its video (or takes it from the cache) and prepares its
+turn; then the worker runs batch steps (``step``). Each step feeds one chunk of one prompt being
+prefilled (``prefill_chunk_tokens`` positions, into the answer's own KV cache; the prompts take
+turns, so a short one is not stuck behind a long one), and then one decode forward for every
+answer in ``cope.model.videolm.batching.BatchDecoder``, each choosing its next token with its own
+sampling settings and stopping at its own end token or ``max_tokens``. A prompt whose last chunk
+is in chooses its first token and joins the decoding answers. Long prompts never stall the others'
+decoding for more than a chunk at a time, and every answer checks its request's cancellation and
+deadline at every step. At most ``max_batch`` answers are prefilling or decoding; one that is
+done, cancelled or past its deadline leaves at once, and the next queued job starts before the
+next step.
 
 Two caches, both least-recently-used:
 * encoded videos — ``EncodedVideo`` (the (T, D) visual embeddings) keyed by
@@ -16,16 +29,25 @@ Two caches, both least-recently-used:
 
 from __future__ import annotations
 
+import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from cope.errors import CopeInputError
+from cope.model.videolm.batching import BatchDecoder, BatchedSequence
+from cope.model.videolm.generation import AnswerBuilder, ChatSession, ChatTurn, Prefill, Timings
 from cope.serve.config import ServeSettings
 from cope.serve.errors import APIError
 from cope.serve.protocol import ChatCompletionRequest, Conversation
 from cope.serve.videos import VideoFile, VideoStore
-from cope.serve.worker import Job, timeout_error
+from cope.serve.worker import IN_BATCH, Job, internal_error, timeout_error
+
+log = logging.getLogger("cope.serve")
 
 
 @dataclass(frozen=True)
@@ -84,6 +106,29 @@ class ChatResult:
         }
 
 
+@dataclass
+class Answering:
+    """A chat job from its prefill to its last token."""
+
+    job: Job
+    spec: ChatJob
+    session: ChatSession
+    turn: ChatTurn
+    prefill: Prefill  # the turn's prompt going into its session's cache, a chunk per step
+    builder: AnswerBuilder
+    started: float  # time.monotonic() when its job started
+    video_key: tuple  # the encoded video's key: with the conversation, the session's key in the LRU
+    encoded_cached: bool
+    kv_reused: bool
+    first_piece: float | None = None  # time.monotonic() of the first text piece
+    sequence: BatchedSequence | None = None  # its row in the batch, once joined
+
+    def emit(self, piece: str) -> None:
+        if piece:
+            self.first_piece = self.first_piece or time.monotonic()
+            self.job.emit("delta", piece)
+
+
 class LRU(OrderedDict):
     """A dict that forgets its least recently used entries beyond ``capacity``."""
 
@@ -122,6 +167,9 @@ class ChatEngine:
         self.max_token_chars = max(map(len, model.tokenizer.get_vocab()), default=1)
         # A private copy of the tokenizer for request threads, so they never share the worker's.
         self.text_tokenizer = _private_tokenizer(model.tokenizer)
+        self.decoder = BatchDecoder(model, settings.max_batch, compile=settings.compile)
+        self.prefilling: deque[Answering] = deque()  # answers whose prompts are going in, in turn
+        self.answering: dict[int, Answering] = {}  # id(sequence) → the answer decoding in that row
 
     @property
     def canonical_settings(self):
@@ -224,10 +272,12 @@ class ChatEngine:
             }
         return stored.summary
 
-    def respond(self, job: Job, store: VideoStore, spec: ChatJob) -> ChatResult:
-        """Encode (or reuse) the video, continue (or start) a chat session, stream the answer.
+    def respond(self, job: Job, store: VideoStore, spec: ChatJob):
+        """Encode (or reuse) the video, continue (or start) a chat session and prepare the turn;
+        ``IN_BATCH``: the batch steps prefill it and decode its answer (``step``).
 
-        Emits "ready" once the video is encoded, then one "delta" per text piece.
+        Emits "ready" once the video is encoded and the prompt checked; the steps then emit one
+        "delta" per text piece.
         """
         from cope.model.videolm import GenerationConfig
 
@@ -241,60 +291,156 @@ class ChatEngine:
                 encoded, encoded_cached = self._encoded_video(store, spec.video, options)
             session = self.model.chat(encoded, system=spec.system)
             session.messages = list(spec.history)
-        session.generation = GenerationConfig(
+        session.generation = GenerationConfig(  # the session's own cache only takes the prefill
             max_new_tokens=options.max_new_tokens,
             temperature=options.temperature,
             top_p=options.top_p,
             seed=options.seed,
             min_tokens=options.min_tokens,
             ignore_eos=options.ignore_eos,
-            prefill_chunk_tokens=self.settings.prefill_chunk_tokens,
         )
-        stream = self._stream(session, spec.question, job)
+        turn = self._prepare(session, spec.question)
         job.emit("ready", None)
-        first_token = None
+        chunk = self.settings.prefill_chunk_tokens
+        answer = Answering(
+            job,
+            spec,
+            session,
+            turn,
+            Prefill(self.model, turn.cache, turn.inputs_embeds, chunk),
+            AnswerBuilder(self.model, session.generation),
+            started,
+            video_key,
+            encoded_cached,
+            kv_reused,
+        )
+        self.prefilling.append(answer)
+        return IN_BATCH
+
+    # ----- the batch (worker.Batch) -----------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        return len(self.decoder) + len(self.prefilling)
+
+    @property
+    def has_room(self) -> bool:
+        """A job may start: fewer than ``max_batch`` answers are prefilling or decoding (so the
+        decoder has a row for each prompt that completes)."""
+        return self.active < self.decoder.max_batch
+
+    def step(self) -> list[tuple[Job, tuple[str, Any]]]:
+        """One prefill chunk (if a prompt is going in), then one decode step for every answer in
+        the batch; the jobs that finished, with their outcomes."""
+        finished = self._prefill_step() if self.prefilling else []
+        if len(self.decoder):
+            finished += self._decode_step()
+        return finished
+
+    def _prefill_step(self) -> list[tuple[Job, tuple[str, Any]]]:
+        """The next chunk of the next prompt going in (it goes to the back of the line); after its
+        last chunk, the answer's first token, and the answer joins the decoder (or is done)."""
+        answer = self.prefilling.popleft()
+        job, builder = answer.job, answer.builder
         try:
-            for piece in stream:
-                if first_token is None:
-                    first_token = time.monotonic()
-                job.emit("delta", piece)
-                if job.should_stop():
-                    break
-        finally:
-            stream.close()  # ends the turn as "cancelled" when we stopped early
-        answer = stream.answer
+            if job.should_stop():  # its session, holding part of a prompt, is dropped
+                return [(job, self._settle(lambda: self._result(answer)))]
+            answer.prefill.advance()
+            if not answer.prefill.done:
+                self.prefilling.append(answer)
+                return []
+            token = builder.choose(answer.prefill.logits)
+            answer.emit(builder.accept(token))
+            if builder.finish_reason is not None:  # an end token first, or max_tokens 1
+                return [(job, self._settle(lambda: self._complete(answer, fed=0)))]
+            positions = answer.turn.context_tokens + answer.spec.options.max_new_tokens
+            answer.sequence = self.decoder.join(answer.turn.cache, builder, token, positions)
+            self.answering[id(answer.sequence)] = answer
+            return []
+        except Exception as exc:  # a failed forward fails this answer only
+            log.exception("prefill failed")
+            return [(job, ("error", internal_error(exc)))]
+
+    def _decode_step(self) -> list[tuple[Job, tuple[str, Any]]]:
+        try:
+            with torch.inference_mode():
+                pieces = self.decoder.step()
+        except Exception as exc:  # the forward failed: no row can be trusted, every answer fails
+            log.exception("batch step failed")
+            failed = [(answer.job, ("error", internal_error(exc))) for answer in self.answering.values()]
+            self.decoder.clear()  # their sessions are not kept: the next turns start over
+            self.answering.clear()
+            return failed
+        finished = []
+        for sequence, piece in pieces:
+            answer = self.answering[id(sequence)]
+            answer.emit(piece)
+            if sequence.builder.finish_reason is not None or answer.job.should_stop():
+                finished.append(answer)
+        return [(answer.job, self._outcome(answer)) for answer in finished]
+
+    def _outcome(self, answer: Answering) -> tuple[str, Any]:
+        """Take a finished or cancelled answer out of the decoder: its job's outcome."""
+        sequence = answer.sequence
+        del self.answering[id(sequence)]
+        complete = answer.builder.finish_reason is not None
+        self.decoder.leave(sequence, keep=complete)  # its row is free for the next job
+        if complete:
+            return self._settle(lambda: self._complete(answer, sequence.fed))
+        return self._settle(lambda: self._result(answer))
+
+    @staticmethod
+    def _settle(result: Callable[[], ChatResult]) -> tuple[str, Any]:
+        """``result()`` as a job outcome: the ChatResult, or the error it raised."""
+        try:
+            return ("result", result())
+        except APIError as exc:  # the deadline passed
+            return ("error", exc)
+        except Exception as exc:  # a bug: this job fails, the others go on
+            log.exception("finishing an answer failed")
+            return ("error", internal_error(exc))
+
+    def _complete(self, answer: Answering, fed: int) -> ChatResult:
+        """A complete answer (its cache holds the prompt + ``fed`` answer tokens): the last text, the
+        session kept for the conversation's next turn, the result."""
+        builder, turn, session = answer.builder, answer.turn, answer.session
+        answer.emit(builder.flush())
+        reply = builder.answer(builder.finish_reason, turn.context_tokens, turn.visual_tokens, Timings())
+        session.complete(turn, reply, fed, consistent=True)
+        self.sessions.put((answer.video_key, answer.spec.system, _freeze(session.messages)), session)
+        return self._result(answer)
+
+    def _result(self, answer: Answering) -> ChatResult:
+        """The job's result; a cut-off answer's session is dropped (nobody continues it)."""
         done = time.monotonic()
-        if answer.finish_reason == "cancelled" and done > job.deadline and not job.cancelled.is_set():
+        builder, job = answer.builder, answer.job
+        finish_reason = builder.finish_reason or "cancelled"
+        if finish_reason == "cancelled" and done > job.deadline and not job.cancelled.is_set():
             # Stopped by the request's own deadline (between prefill chunks or tokens), not by the
             # client: that is a timeout, whichever side noticed it first.
             raise timeout_error(self.settings.request_timeout_s)
-        if answer.finish_reason != "cancelled":  # a cut-off turn is not a conversation anyone continues
-            self.sessions.put((video_key, spec.system, _freeze(session.messages)), session)
+        arrival = answer.spec.arrival
         return ChatResult(
-            text=answer.text,
-            finish_reason=answer.finish_reason,
-            prompt_tokens=answer.prompt_tokens,
-            visual_tokens=answer.visual_tokens,
-            completion_tokens=answer.new_tokens,
-            ttft_s=(first_token or done) - spec.arrival,
-            queue_s=started - spec.arrival,
-            e2e_s=done - spec.arrival,
-            encoded_video_cached=encoded_cached,
-            kv_cache_reused=kv_reused,
+            text=self.model.tokenizer.decode(builder.token_ids, skip_special_tokens=True),
+            finish_reason=finish_reason,
+            prompt_tokens=answer.turn.context_tokens,
+            visual_tokens=answer.turn.visual_tokens,
+            completion_tokens=len(builder.token_ids),
+            ttft_s=(answer.first_piece or done) - arrival,
+            queue_s=answer.started - arrival,
+            e2e_s=done - arrival,
+            encoded_video_cached=answer.encoded_cached,
+            kv_cache_reused=answer.kv_reused,
         )
 
-    def _stream(self, session, question: str, job: Job):
-        """The turn's stream, its prompt checked before any prefill (a refusal is a plain 400)."""
+    def _prepare(self, session: ChatSession, question: str) -> ChatTurn:
+        """The turn, its prompt checked before any prefill (a refusal is a plain 400)."""
         try:
-            stream = session.stream(question, should_stop=job.should_stop)
+            turn = session.prepare(question)
         except CopeInputError as exc:
             raise APIError(400, str(exc), param="messages") from exc
-        try:
-            self.check_prompt(stream.prompt_tokens, session.generation.max_new_tokens)
-        except APIError:
-            stream.close()
-            raise
-        return stream
+        self.check_prompt(turn.context_tokens, session.generation.max_new_tokens)
+        return turn
 
     def _encoded_video(self, store: VideoStore, video: VideoFile, options: Options):
         key = (video.sha256, *options.video_key)

@@ -1,12 +1,19 @@
 """One model, one thread: every piece of codec and model work runs on a single worker thread.
 
-Requests become ``Job``s in a bounded queue (``queue_size`` waiting, one running). A request takes
-its place in the queue (an ``Admission``) when it arrives, before its body is read or its video
-stored, and keeps it until its job starts; with every place taken it gets an immediate 429, having
-cost nothing. So at most ``queue_size`` bodies are being received at any moment. The worker runs jobs one at a time, so the model instance and its caches are only
-ever touched by one thread and need no locks. A job streams its events (text deltas, then a result
-or an error) back to the request's asyncio loop through a thread-safe hand-off; the request side
-cancels a job (client gone, timeout) by setting a flag the job checks between tokens.
+Requests become ``Job``s in a bounded queue (``queue_size`` waiting). A request takes its place in
+the queue (an ``Admission``) when it arrives, before its body is read or its video stored, and
+keeps it until its job starts; with every place taken it gets an immediate 429, having cost
+nothing. So at most ``queue_size`` bodies are being received at any moment.
+
+The worker starts jobs one at a time, so the model instance and its caches are only ever touched
+by one thread and need no locks. A job's ``run`` either returns its result or, for a chat answer
+still being generated, hands the job to the ``Batch`` (it returns ``IN_BATCH``): continuous
+batching. Between jobs the worker runs one batch step, a decode step for every answer in the
+batch, which finishes the answers that are done; while the batch decodes, a waiting job starts as
+soon as the batch has room, and its prefill runs between two steps. A job streams its events (text
+deltas, then a result or an error) back to the request's asyncio loop through a thread-safe
+hand-off; the request side cancels a job (client gone, timeout) by setting a flag the job checks
+between prefill chunks and tokens.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from cope.serve.errors import APIError
 
@@ -96,27 +103,61 @@ def timeout_error(seconds: float) -> APIError:
     return APIError(504, f"request timed out after {seconds:g} s", code="request_timeout")
 
 
-class ModelWorker:
-    """The single thread that owns the model: a bounded FIFO of jobs, run one at a time."""
+def internal_error(exc: Exception) -> APIError:
+    """A 500 for an unexpected exception (logged by the caller). The type only: exception messages
+    can carry server paths (the work directory)."""
+    return APIError(500, f"internal error ({type(exc).__name__}); see the server log", code="internal")
 
-    def __init__(self, queue_size: int, request_timeout_s: float):
+
+IN_BATCH = object()  # what a job's ``run`` returns when the batch will finish the job
+
+
+class Batch(Protocol):
+    """Jobs whose ``run`` returned ``IN_BATCH``, advanced together by the worker between jobs."""
+
+    @property
+    def active(self) -> int:
+        """Jobs in the batch."""
+        ...
+
+    @property
+    def has_room(self) -> bool:
+        """Whether another job may join."""
+        ...
+
+    def step(self) -> list[tuple[Job, tuple[str, Any]]]:
+        """One step for every job in the batch; the jobs it finished, each with its outcome
+        (``("result", value)`` or ``("error", APIError)``). Never raises."""
+        ...
+
+
+class ModelWorker:
+    """The single thread that owns the model: a bounded FIFO of jobs, started one at a time, and
+    the batch of answers being decoded (when given)."""
+
+    def __init__(self, queue_size: int, request_timeout_s: float, batch: Batch | None = None):
         self.queue_size = queue_size
         self.request_timeout_s = request_timeout_s
+        self.batch = batch
         # Unbounded itself: admissions (at most ``queue_size``) bound what is in it.
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._admitted = 0  # places taken: requests admitted whose jobs have not started
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="cope-model-worker", daemon=True)
-        self.running: Job | None = None
+        # Jobs started and not finished: the one running its ``run`` and those in the batch. A tuple,
+        # replaced (never mutated) by the worker thread, so other threads read a consistent one.
+        self.running: tuple[Job, ...] = ()
         self.completed = 0
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel waiting and running jobs, then let the thread finish its current token and exit."""
-        if self.running is not None:
-            self.running.cancel()
+        """Cancel waiting and running jobs, then let the thread finish its current step and exit."""
+        self._stopping.set()
+        for job in self.running:
+            job.cancel()
         while True:
             try:
                 job = self._jobs.get_nowait()
@@ -125,7 +166,7 @@ class ModelWorker:
             if job is not None:
                 job.admission.release()
                 job.emit("error", APIError(503, "server shutting down", code="shutting_down"))
-        self._jobs.put(None)
+        self._jobs.put(None)  # wakes the thread if it waits for a job
         self._thread.join(timeout)
 
     @property
@@ -153,26 +194,50 @@ class ModelWorker:
         admission.job, job.admission = job, admission
         self._jobs.put(job)
 
+    @property
+    def decoding(self) -> bool:
+        return self.batch is not None and self.batch.active > 0
+
     def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job.admission.release()  # out of the queue: the place is free for the next request
-            if job.should_stop():  # cancelled or timed out while waiting: its client is gone
-                job.emit("error", timeout_error(self.request_timeout_s))
-                continue
-            self.running = job
-            job.started.set()
-            try:
-                outcome = ("result", job.run(job))
-            except APIError as exc:
-                outcome = ("error", exc)
-            except Exception as exc:  # an internal error must not kill the worker
-                log.exception("job failed")
-                # The type only: exception messages can carry server paths (the work directory).
-                message = f"internal error ({type(exc).__name__}); see the server log"
-                outcome = ("error", APIError(500, message, code="internal"))
-            finally:
-                self.running = None
-                self.completed += 1
-            # Published only now: a client that has its answer finds the worker idle and the job
-            # counted (``/health``), never a moment before.
-            job.emit(*outcome)
+        # After stop(), the cancelled answers in the batch leave at the next step, then the thread ends.
+        while not (self._stopping.is_set() and not self.decoding):
+            job = self._next_job()
+            if job is not None:
+                self._start(job)
+            if self.decoding:
+                for finished, outcome in self.batch.step():
+                    self._finish(finished, outcome)
+
+    def _next_job(self) -> Job | None:
+        """The next queued job. While nothing decodes it waits for one; while the batch decodes it
+        never waits (None: no job queued, or no room in the batch). None after stop()."""
+        if self._stopping.is_set() or (self.decoding and not self.batch.has_room):
+            return None
+        try:
+            return self._jobs.get(block=not self.decoding)
+        except queue.Empty:
+            return None
+
+    def _start(self, job: Job) -> None:
+        job.admission.release()  # out of the queue: the place is free for the next request
+        if job.should_stop():  # cancelled or timed out while waiting: its client is gone
+            job.emit("error", timeout_error(self.request_timeout_s))
+            return
+        self.running = (*self.running, job)
+        job.started.set()
+        try:
+            outcome = ("result", job.run(job))
+        except APIError as exc:
+            outcome = ("error", exc)
+        except Exception as exc:  # an internal error must not kill the worker
+            log.exception("job failed")
+            outcome = ("error", internal_error(exc))
+        if outcome[1] is not IN_BATCH:
+            self._finish(job, outcome)
+
+    def _finish(self, job: Job, outcome: tuple[str, Any]) -> None:
+        self.running = tuple(j for j in self.running if j is not job)
+        self.completed += 1
+        # Published only now: a client that has its answer finds the job counted and no longer
+        # running (``/health``), never a moment before.
+        job.emit(*outcome)

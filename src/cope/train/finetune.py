@@ -64,6 +64,9 @@ class Stage2ModelConfig:
     train_parts: list[str] = field(default_factory=lambda: ["delta_encoder", "projector", "llm"])
     lora: LoraSettings = field(default_factory=LoraSettings)
     gradient_checkpointing: bool = False  # recompute LLM (and trained tower) activations in backward
+    # A frozen tower's features of each cached frame are computed once per run and kept in memory
+    # (cope.model.videolm.tower_memo); the projector still trains on every step.
+    cache_tower_features: bool = True
 
     def __post_init__(self):
         unknown = [p for p in self.train_parts if p not in PARTS]
@@ -113,6 +116,7 @@ class FinetuneConfig:
 def build_videolm(config: Stage2ModelConfig, data: Stage2DataConfig, seed: int):
     """The ``CopeVideoLM`` to train, in float32 on the CPU (accelerate places and casts it)."""
     from cope.model.videolm import CopeVideoLM, paper_7b, tiny_random
+    from cope.model.videolm.tower_memo import TowerFeatureMemo
 
     if config.base == "tiny":
         model = tiny_random(**{"seed": seed, **config.tiny, "with_delta_encoder": False})
@@ -135,6 +139,8 @@ def build_videolm(config: Stage2ModelConfig, data: Stage2DataConfig, seed: int):
         cope_config, model.base, model.tokenizer, encoder, name=model.name, base_source=model.base_source
     )
     model.base.config.use_cache = False
+    if config.cache_tower_features and not cope_config.train_vision_tower:
+        model.tower_memo = TowerFeatureMemo()
     return model.train()
 
 

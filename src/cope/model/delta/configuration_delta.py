@@ -50,11 +50,23 @@ class DeltaEncoderConfig:
     resnet_embedding_size: int = 64
     resnet_hidden_sizes: tuple[int, ...] = (64, 128, 256, 512)
     resnet_depths: tuple[int, ...] = (2, 2, 2, 2)
+    # None: the paper's free queries (K_τ motion + K_δ residual tokens, each query attends to the
+    # whole frame). (rows, cols): one Δ-token per cell of a fixed rows × cols grid over the frame,
+    # the average of the motion branch's features in that cell plus the residual branch's (the
+    # query counts are then unused). A pinned token tells a small LLM *where* the motion is, which
+    # free queries leave it to learn (docs/delta-encoder.md: CoPE-Tiny uses (2, 4)).
+    token_grid: tuple[int, int] | None = None
 
     def __post_init__(self):
         self.resnet_hidden_sizes = tuple(self.resnet_hidden_sizes)
         self.resnet_depths = tuple(self.resnet_depths)
         problems = []
+        if self.token_grid is not None:
+            grid = tuple(self.token_grid)
+            if len(grid) != 2 or min(grid) < 1:
+                problems.append(f"token_grid must be two positive sizes (rows, cols), got {list(grid)}")
+            else:
+                self.token_grid = (int(grid[0]), int(grid[1]))
         if self.motion_norm not in MOTION_NORMS:
             problems.append(f"motion_norm must be one of {MOTION_NORMS}, got {self.motion_norm!r}")
         if self.width % self.num_heads:
@@ -77,7 +89,9 @@ class DeltaEncoderConfig:
 
     @property
     def num_delta_tokens(self) -> int:
-        """N = K_τ + K_δ, the Δ-tokens per P-frame (8 in the paper)."""
+        """N = K_τ + K_δ, the Δ-tokens per P-frame (8 in the paper); rows × cols with a token grid."""
+        if self.token_grid is not None:
+            return self.token_grid[0] * self.token_grid[1]
         return self.motion_queries + self.residual_queries
 
     def to_dict(self) -> dict:

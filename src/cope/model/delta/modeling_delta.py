@@ -11,7 +11,9 @@ h × w = H/16 × W/16 cells (G = h·w), branch width c, output width d, K_τ / K
 
 The queries see where things happen through the positions added to the grid features; without
 them a transformer reading a set of patches could not tell motion at the top from motion at the
-bottom.
+bottom. With ``token_grid`` (rows, cols) there are no queries: each branch's transformer outputs
+are averaged per cell of a fixed rows × cols grid, and token (i, j) = motion cell + residual cell,
+(B, rows·cols, d) — each Δ-token then stands for one region of the frame (``GridCompressor``).
 """
 
 from __future__ import annotations
@@ -250,6 +252,29 @@ class QueryCompressor(nn.Module):
         return self.proj(x[:, -self.queries.shape[0] :])
 
 
+class GridCompressor(nn.Module):
+    """features (B, G, c) on an h × w grid → transformer → average per cell of a fixed
+    rows × cols grid → (B, rows·cols, d), cells in row-major order.
+
+    Each output token stands for one region of the frame (with h = 8, w = 8 and a 2 × 4 grid: a
+    4 × 2 block of 16-px cells), so the LLM can tie it to the image tokens of the same region.
+    The transformer first lets every cell see the whole frame (e.g. a pan moves every cell).
+    """
+
+    def __init__(self, config: DeltaEncoderConfig):
+        super().__init__()
+        assert config.token_grid is not None
+        self.grid = config.token_grid
+        self.transformer = Transformer(config)
+        self.proj = nn.Linear(config.width, config.output_dim)
+
+    def forward(self, features: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        b, _, c = features.shape
+        x = self.transformer(features).transpose(1, 2).reshape(b, c, height, width)  # (B, c, h, w)
+        cells = F.adaptive_avg_pool2d(x, self.grid)  # (B, c, rows, cols)
+        return self.proj(cells.flatten(2).transpose(1, 2))
+
+
 # ── the encoder ──────────────────────────────────────────────────────────────────────────────────
 
 
@@ -258,7 +283,8 @@ class DeltaEncoder(nn.Module):
 
     ``forward(mv, residual)``: ``mv`` (B, H, W, 2) float32 pixels (codec sign convention),
     ``residual`` (B, H, W, 3) float in −255…255; H and W multiples of 16. Returns
-    (B, K_τ + K_δ, d): the K_τ motion tokens, then the K_δ residual tokens.
+    (B, K_τ + K_δ, d): the K_τ motion tokens, then the K_δ residual tokens; with a
+    ``token_grid`` (rows, cols): (B, rows·cols, d), one token per cell in row-major order.
     """
 
     def __init__(self, config: DeltaEncoderConfig):
@@ -267,8 +293,14 @@ class DeltaEncoder(nn.Module):
         self.motion_embed = MotionEmbedding(config)
         self.residual_backbone = ResidualBackbone(config)
         self.residual_embed = nn.Linear(self.residual_backbone.out_channels, config.width)
-        self.motion_compressor = QueryCompressor(config, config.motion_queries)
-        self.residual_compressor = QueryCompressor(config, config.residual_queries)
+        self.motion_compressor: QueryCompressor | GridCompressor
+        self.residual_compressor: QueryCompressor | GridCompressor
+        if config.token_grid is None:
+            self.motion_compressor = QueryCompressor(config, config.motion_queries)
+            self.residual_compressor = QueryCompressor(config, config.residual_queries)
+        else:
+            self.motion_compressor = GridCompressor(config)
+            self.residual_compressor = GridCompressor(config)
         for module in (
             self.motion_embed,
             self.residual_embed,
@@ -276,8 +308,9 @@ class DeltaEncoder(nn.Module):
             self.residual_compressor,
         ):
             init_linear_layers(module)
-        nn.init.normal_(self.motion_compressor.queries, std=0.02)
-        nn.init.normal_(self.residual_compressor.queries, std=0.02)
+        for compressor in (self.motion_compressor, self.residual_compressor):
+            if isinstance(compressor, QueryCompressor):
+                nn.init.normal_(compressor.queries, std=0.02)
 
     def forward(self, mv: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         _check_primitives(mv, residual, self.config.patch_size)
@@ -293,6 +326,12 @@ class DeltaEncoder(nn.Module):
         grid = self.residual_backbone(scaled)  # (B, C, H/16, W/16)
         residual_features = self.residual_embed(grid.flatten(2).transpose(1, 2)) + positions  # (B, G, c)
 
+        if self.config.token_grid is not None:
+            # One token per grid cell: the cell's motion plus its residual, (B, rows·cols, d).
+            h, w = height // p, width // p
+            return self.motion_compressor(motion_features, h, w) + self.residual_compressor(
+                residual_features, h, w
+            )
         motion_tokens = self.motion_compressor(motion_features)  # (B, K_τ, d)
         residual_tokens = self.residual_compressor(residual_features)  # (B, K_δ, d)
         return torch.cat([motion_tokens, residual_tokens], dim=1)

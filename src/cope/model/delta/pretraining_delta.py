@@ -101,7 +101,12 @@ class DeltaPretrainer(nn.Module):
         """
         enc = self.config.encoder
         delta_tokens = self.encoder(mv, residual)
-        motion_tokens, residual_tokens = delta_tokens.split([enc.motion_queries, enc.residual_queries], dim=1)
+        if enc.token_grid is None:
+            motion_tokens, residual_tokens = delta_tokens.split(
+                [enc.motion_queries, enc.residual_queries], dim=1
+            )
+        else:  # grid tokens carry motion and residual together: both heads read all of them
+            motion_tokens = residual_tokens = delta_tokens
         side = _grid_side(reference_tokens.shape[1])
         reference = reference_tokens.to(self.frame_in.weight.dtype)
         x = self.frame_in(reference) + sincos_positions(

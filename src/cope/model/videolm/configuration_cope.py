@@ -45,6 +45,9 @@ class CopeConfig:
     max_gops: int = MAX_GOPS
     dense_frames: int = DENSE_FRAMES
     mode: str = "cope"  # default mode: one of MODES
+    # Answer length cap of `cope ask` / `chat` / `infer` when --max-new-tokens is not given. A model
+    # trained on short answers says so here (CoPE-Tiny: 8), so an answer that fails to stop ends soon.
+    max_new_tokens: int = 256
     # The prompt's stand-in for the whole video: one token of the tokenizer, replaced by the
     # visual embeddings.
     video_placeholder: str = "<video>"
@@ -65,6 +68,8 @@ class CopeConfig:
             self.delta_encoder = json.loads(json.dumps(self.delta_encoder))
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
 
     def to_dict(self) -> dict:
         data = asdict(self)  # nested dataclasses (layout, canonical) become dicts

@@ -6,16 +6,31 @@ Timings (seconds; the device is synchronised before every clock read):
 * ``ttft_s`` = vision_s + delta_s + prefill_s: the first answer token is available;
 * ``decode_s`` — every later token (one cached forward each) and detokenisation;
 * ``e2e_s`` = ttft_s + decode_s;
-* ``extract_s`` — codec decoding and fusion (reported, not part of ttft/e2e, as in the paper).
+* ``extract_s`` — codec decoding and fusion (reported, not part of ttft/e2e, as in the paper);
+* ``compile_s`` — with ``GenerationConfig.compile`` on CUDA: the first compiled decode step for a
+  static-cache length not seen before (tracing + code generation), moved out of ``decode_s``;
+  later answers whose cache has a length already compiled report 0.
 Time a consumer spends between two streamed pieces is not counted.
+
+KV caches. By default the cache is a ``DynamicCache`` that grows by one position per token. With
+``GenerationConfig.compile`` it is a transformers ``StaticCache`` allocated once, for the prompt +
+``max_new_tokens`` rounded up to a power of two (``static_cache_length``: the compiled step is
+specialised to the cache's length, so a few lengths serve every prompt), and each decode step is
+``torch.compile``'d (mode "reduce-overhead": CUDA graphs) on CUDA. On other devices the static cache
+runs with the eager step: the same tokens, no compilation (compiling a step at the sizes a CPU runs
+costs more than it saves, and Inductor's CPU backend needs a C++ toolchain). The prefill is never
+compiled (its length changes with every prompt).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -39,6 +54,9 @@ class GenerationConfig:
     # ``should_stop`` check consults it between chunks, so a long prompt can be cancelled midway.
     # Greedy answers are the same either way: each chunk attends to the cached positions before it.
     prefill_chunk_tokens: int | None = None
+    # Decode with a preallocated StaticCache and, on CUDA, a torch.compile'd step with CUDA graphs
+    # (Timings.compile_s holds the one-off compilation). Elsewhere: the static cache, eager step.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -62,6 +80,7 @@ class Timings:
     ttft_s: float = 0.0
     decode_s: float = 0.0
     e2e_s: float = 0.0
+    compile_s: float = 0.0  # first compiled decode step for a new static-cache length (not in e2e)
 
 
 @dataclass
@@ -122,10 +141,57 @@ class IncrementalDetokenizer:
         return text[len(prefix) :]
 
 
-def new_cache(model):
-    from transformers import DynamicCache
+def new_cache(model, capacity: int | None = None):
+    """An empty KV cache: a ``DynamicCache``, or a ``StaticCache`` for ``capacity`` positions
+    (rounded up to ``static_cache_length``)."""
+    from transformers import DynamicCache, StaticCache
 
-    return DynamicCache(config=model.language_model.config)
+    config = model.language_model.config
+    if capacity is None:
+        return DynamicCache(config=config)
+    return StaticCache(config=config, max_cache_len=static_cache_length(capacity))
+
+
+MIN_STATIC_CACHE = 256
+
+
+def static_cache_length(positions: int) -> int:
+    """The length a static cache for ``positions`` positions gets: the next power of two, ≥ 256.
+
+    A compiled step is specialised to its cache's length; powers of two let a handful of compiled
+    steps serve every prompt length, at most doubling the cache's memory."""
+    return max(MIN_STATIC_CACHE, 1 << (positions - 1).bit_length())
+
+
+def cached_length(cache) -> int:
+    """Positions a cache holds (a ``StaticCache`` counts them in a tensor)."""
+    return 0 if cache is None else int(cache.get_seq_length())
+
+
+def is_static(cache) -> bool:
+    from transformers import StaticCache
+
+    return isinstance(cache, StaticCache)
+
+
+def fit_cache(model, cache, positions: int, static: bool):
+    """The cache to decode with when the context will reach ``positions`` positions in all.
+
+    ``cache`` itself when it is of the asked kind and, if static, long enough; otherwise a new
+    cache holding a copy of what ``cache`` holds (None: an empty one). A chat whose static cache
+    would overflow on this turn moves to a longer one (the next power of two); a shorter turn keeps
+    reusing the one it has."""
+    if cache is not None and is_static(cache) == static:
+        if not static or cache.layers[0].max_cache_len >= positions:
+            return cache
+    fresh = new_cache(model, positions if static else None)
+    length = cached_length(cache)
+    if length:
+        # The cache_position keyword is what transformers 4.x static layers index with (5.x ignores it).
+        where = {"cache_position": torch.arange(length, device=model.device)}
+        for index, layer in enumerate(cache.layers):
+            fresh.update(layer.keys[:, :, :length], layer.values[:, :, :length], index, where)
+    return fresh
 
 
 def _cache_argument(language_model) -> str:
@@ -133,12 +199,64 @@ def _cache_argument(language_model) -> str:
     return "cache" if "cache" in inspect.signature(language_model.forward).parameters else "past_key_values"
 
 
+def forward_last(language_model, lm_head, inputs_embeds: torch.Tensor, **forward) -> torch.Tensor:
+    """(B, n, D) through the LLM (``forward``: its cache, masks, positions); (B, V) logits of each
+    row's last position. The LM head runs on those positions only."""
+    hidden = language_model(inputs_embeds=inputs_embeds, use_cache=True, **forward).last_hidden_state
+    return lm_head(hidden[:, -1])
+
+
+def compiled_steps_available(device: torch.device) -> bool:
+    """Decode steps are compiled on CUDA only (see the module docstring)."""
+    return device.type == "cuda"
+
+
+@functools.cache
+def compiled_forward_last():
+    """``forward_last`` under ``torch.compile``, mode "reduce-overhead": a CUDA graph replays the
+    whole step (the static caches' tensors keep fixed addresses). One compiled function for every
+    model; dynamo specialises it per model, cache length and batch size."""
+    return torch.compile(forward_last, mode="reduce-overhead")
+
+
+# model → the static-cache lengths its decode step has been compiled for
+_compiled_cache_lengths: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class DecodeStep:
+    """One decode step of one sequence: (1, 1, D) embedding → (V,) logits, appended to ``cache``.
+
+    Eager, or compiled when the config asks for it and the device supports it. ``warming_up`` says
+    whether the next call compiles (the first at a static-cache length this model has not compiled
+    for): its time is ``Timings.compile_s``, not decode time.
+    """
+
+    def __init__(self, model, cache, generation: GenerationConfig):
+        self.model = model
+        self.cache = cache
+        self.compiled = generation.compile and compiled_steps_available(model.device)
+        self.warming_up = False
+        if self.compiled:
+            compiled_lengths = _compiled_cache_lengths.setdefault(model, set())
+            length = cache.layers[0].max_cache_len
+            self.warming_up = length not in compiled_lengths
+            compiled_lengths.add(length)
+
+    def __call__(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        if not self.compiled:
+            return _last_logits(model, self.cache, inputs_embeds)
+        torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are consumed
+        forward = {_cache_argument(model.language_model): self.cache}
+        logits = compiled_forward_last()(model.language_model, model.lm_head, inputs_embeds, **forward)
+        self.warming_up = False
+        return logits[0].float()  # a copy: the graph's output buffer is reused by the next replay
+
+
 def _last_logits(model, cache, inputs_embeds: torch.Tensor) -> torch.Tensor:
     """Run (1, n, D) through the LLM, appending to ``cache``; logits (V,) of the last position."""
-    out = model.language_model(
-        inputs_embeds=inputs_embeds, use_cache=True, **{_cache_argument(model.language_model): cache}
-    )
-    return model.lm_head(out.last_hidden_state[0, -1]).float()
+    forward = {_cache_argument(model.language_model): cache}
+    return forward_last(model.language_model, model.lm_head, inputs_embeds, **forward)[0].float()
 
 
 def _choose(
@@ -158,9 +276,93 @@ def _choose(
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def _blocked_stops(model, generation: GenerationConfig, produced: int) -> frozenset[int] | None:
-    """The stop tokens while fewer than ``min_tokens`` tokens are out, else None."""
-    return model.stop_token_ids if produced < generation.min_tokens else None
+class AnswerBuilder:
+    """The per-answer half of decoding, whoever runs the forwards (``TextStream`` for one sequence,
+    ``cope.model.videolm.batching`` for many at once): which token comes next (greedy or sampled,
+    end tokens held back until ``min_tokens`` are out), where the answer ends, and its text.
+
+    ``choose(logits)`` picks a token; ``accept(token)`` takes it and returns the new text piece
+    (maybe ""); once the answer is complete ``finish_reason`` is "stop" (an end token, not part of
+    the answer) or "length" (``max_new_tokens``).
+    """
+
+    def __init__(self, model, generation: GenerationConfig):
+        self.generation = generation
+        self.tokenizer = model.tokenizer
+        self.stop_token_ids: frozenset[int] = model.stop_token_ids
+        self.generator = None if generation.seed is None else torch.Generator().manual_seed(generation.seed)
+        self.detokenizer = IncrementalDetokenizer(model.tokenizer)
+        self.token_ids: list[int] = []
+        self.finish_reason: str | None = None
+
+    def choose(self, logits: torch.Tensor) -> int:
+        held_back = len(self.token_ids) < self.generation.min_tokens
+        return _choose(logits, self.generation, self.generator, self.stop_token_ids if held_back else None)
+
+    def accept(self, token: int) -> str:
+        if token in self.stop_token_ids and not self.generation.ignore_eos:
+            self.finish_reason = "stop"
+            return ""
+        self.token_ids.append(token)
+        piece = self.detokenizer.push(token)
+        if len(self.token_ids) >= self.generation.max_new_tokens:
+            self.finish_reason = "length"
+        return piece
+
+    def flush(self) -> str:
+        """The text still held back (an incomplete character at the very end)."""
+        return self.detokenizer.flush()
+
+    def answer(self, finish_reason: str, prompt_tokens: int, visual_tokens: int, timings: Timings) -> Answer:
+        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        return Answer(text, list(self.token_ids), finish_reason, prompt_tokens, visual_tokens, timings)
+
+
+def start_timings(encoded: EncodedVideo | None) -> Timings:
+    """An answer's timings, the video's encoding costs filled in (they count on its first turn)."""
+    if encoded is None:
+        return Timings()
+    return Timings(extract_s=encoded.extract_s, vision_s=encoded.vision_s, delta_s=encoded.delta_s)
+
+
+class Prefill:
+    """A (1, n, D) prompt fed into ``cache``, ``chunk`` positions per forward (None: all at once).
+
+    ``advance()`` runs one forward over the next chunk: each chunk attends to the cached positions
+    before it, so greedy answers are the same whatever the chunk. Once ``done``, ``logits`` are the
+    (V,) logits of the prompt's last position. A server advances one chunk at a time between batch
+    steps; ``prefill`` runs them all.
+    """
+
+    def __init__(self, model, cache, inputs_embeds: torch.Tensor, chunk: int | None):
+        self.model = model
+        self.cache = cache
+        self.inputs_embeds = inputs_embeds
+        self.chunk = chunk or inputs_embeds.shape[1]
+        self.fed = 0  # prompt positions in the cache
+        self.logits: torch.Tensor | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.fed == self.inputs_embeds.shape[1]
+
+    def advance(self) -> None:
+        with torch.inference_mode():
+            positions = self.inputs_embeds[:, self.fed : self.fed + self.chunk]
+            self.logits = _last_logits(self.model, self.cache, positions)
+        self.fed += positions.shape[1]
+
+
+def prefill(model, cache, inputs_embeds: torch.Tensor, chunk: int | None, should_stop) -> torch.Tensor | None:
+    """Feed the (1, n, D) prompt into ``cache``, ``chunk`` positions per forward; the (V,) logits of
+    its last position, or None when ``should_stop`` said so between chunks."""
+    feeding = Prefill(model, cache, inputs_embeds, chunk)
+    while not feeding.done:
+        signals.check()
+        if should_stop():
+            return None
+        feeding.advance()
+    return feeding.logits
 
 
 class TextStream:
@@ -210,34 +412,13 @@ class TextStream:
     def close(self) -> None:
         self._pieces.close()
 
-    def _prefill(self, inputs_embeds: torch.Tensor, chunk: int | None) -> torch.Tensor | None:
-        """The last position's logits after feeding the prompt; None when stopped in between."""
-        total = inputs_embeds.shape[1]
-        step = chunk or total
-        logits = None
-        for start in range(0, total, step):
-            signals.check()
-            if self._should_stop():
-                return None
-            logits = _last_logits(self.model, self.cache, inputs_embeds[:, start : start + step])
-        return logits
-
     def _run(
         self, inputs_embeds, context_tokens, visual_tokens, generation, encoded
     ) -> Generator[str, None, None]:
         model, device = self.model, self.model.device
-        generator = None
-        if generation.seed is not None:
-            generator = torch.Generator().manual_seed(generation.seed)
-        detokenizer = IncrementalDetokenizer(model.tokenizer)
-        timings = Timings()
-        if encoded is not None:
-            timings.extract_s, timings.vision_s, timings.delta_s = (
-                encoded.extract_s,
-                encoded.vision_s,
-                encoded.delta_s,
-            )
-        ids: list[int] = []
+        builder = AnswerBuilder(model, generation)
+        step = DecodeStep(model, self.cache, generation)
+        timings = start_timings(encoded)
         fed = 0  # generated tokens already in the cache
         finish = "cancelled"
         consistent = False  # the cache holds exactly the prompt + the fed tokens
@@ -245,42 +426,41 @@ class TextStream:
             with torch.inference_mode():
                 synchronize(device)
                 start = time.perf_counter()
-                logits = self._prefill(inputs_embeds, generation.prefill_chunk_tokens)
+                logits = prefill(
+                    model, self.cache, inputs_embeds, generation.prefill_chunk_tokens, self._should_stop
+                )
                 if logits is None:  # stopped mid-prefill: the cache holds part of the prompt
                     return
-                token = _choose(logits, generation, generator, _blocked_stops(model, generation, 0))
+                token = builder.choose(logits)
                 synchronize(device)
                 timings.prefill_s = time.perf_counter() - start
             timings.ttft_s = timings.vision_s + timings.delta_s + timings.prefill_s
             while True:
                 start = time.perf_counter()
-                if token in model.stop_token_ids and not generation.ignore_eos:
-                    finish = "stop"
-                    timings.decode_s += time.perf_counter() - start
-                    break
-                ids.append(token)
-                piece = detokenizer.push(token)
+                piece = builder.accept(token)
                 timings.decode_s += time.perf_counter() - start
                 if piece:
                     yield piece
-                if len(ids) >= generation.max_new_tokens:
-                    finish = "length"
+                if builder.finish_reason is not None:
+                    finish = builder.finish_reason
                     break
                 if self._should_stop():  # finish stays "cancelled"; the cache holds what was fed
                     break
                 signals.check()  # a signal swallowed inside torch or a callback still stops us
+                warming_up = step.warming_up
                 start = time.perf_counter()
                 with torch.inference_mode():
-                    step = model.embed_text(torch.tensor([token])).unsqueeze(0)  # (1, 1, D)
-                    logits = _last_logits(model, self.cache, step)
-                    token = _choose(
-                        logits, generation, generator, _blocked_stops(model, generation, len(ids))
-                    )
+                    logits = step(model.embed_text(torch.tensor([token])).unsqueeze(0))  # (1, 1, D) in
+                    token = builder.choose(logits)
                     fed += 1
                     synchronize(device)
-                timings.decode_s += time.perf_counter() - start
+                elapsed = time.perf_counter() - start
+                if warming_up:
+                    timings.compile_s += elapsed
+                else:
+                    timings.decode_s += elapsed
             consistent = True
-            tail = detokenizer.flush()
+            tail = builder.flush()
             if tail:
                 yield tail
         except GeneratorExit:  # closed by the consumer at a yield: the cache is consistent
@@ -288,23 +468,40 @@ class TextStream:
             raise
         finally:
             timings.e2e_s = timings.ttft_s + timings.decode_s
-            text = model.tokenizer.decode(ids, skip_special_tokens=True)
-            self.answer = Answer(text, ids, finish, context_tokens, visual_tokens, timings)
+            self.answer = builder.answer(finish, context_tokens, visual_tokens, timings)
             if self._on_done is not None:
                 self._on_done(self.answer, fed, consistent)
 
 
 def stream(model, prompt: PromptInputs, generation: GenerationConfig | None = None) -> TextStream:
     """Generate an answer to a one-turn prompt with a fresh KV cache."""
+    generation = generation or GenerationConfig()
+    positions = prompt.prompt_tokens + generation.max_new_tokens
     return TextStream(
         model,
-        new_cache(model),
+        fit_cache(model, None, positions, static=generation.compile),
         prompt.inputs_embeds,
         prompt.prompt_tokens,
         prompt.visual_tokens,
-        generation or GenerationConfig(),
+        generation,
         prompt.encoded,
     )
+
+
+@dataclass
+class ChatTurn:
+    """A chat turn ready to prefill: what ``ChatSession.prepare`` computed for one question."""
+
+    messages: list[dict]  # the conversation, the new question last
+    text: str  # ``messages`` rendered, with the assistant header
+    ids: list[int]  # ``text`` as ids (the placeholder id where the video is)
+    cache: (
+        Any  # the KV cache (Dynamic or Static) this turn extends: it holds the conversation's cached prefix
+    )
+    inputs_embeds: torch.Tensor  # (1, n, D) the positions to prefill
+    context_tokens: int  # every position before the answer: cached before the turn + n
+    visual_tokens: int
+    encoded: EncodedVideo | None  # the video, when its encoding cost counts in this turn (the first)
 
 
 class ChatSession:
@@ -314,6 +511,10 @@ class ChatSession:
     cached (the previous answer's end-of-turn, the new user turn, the assistant header) is the only
     text prefilled. If a template re-renders earlier turns differently (so the cached text is no
     longer a prefix), the session falls back to one full prefill — the video is never re-encoded.
+
+    With ``generation.compile`` the cache is a ``StaticCache`` sized for the turn's prompt +
+    ``max_new_tokens`` (rounded up to a power of two); later turns keep reusing it while they fit,
+    and a turn that would overflow it moves the conversation into a cache of the next size that fits.
     """
 
     def __init__(
@@ -328,7 +529,7 @@ class ChatSession:
         self.generation = generation or GenerationConfig()
         self.system = system  # a system turn before the video turn (None: config / template default)
         self.messages: list[dict] = []  # the conversation (the first user turn carries the placeholder)
-        self.cache = None
+        self.cache: Any = None  # DynamicCache | StaticCache once a turn has run
         self._ids: list[int] = []  # the conversation as ids (placeholder id where the video is)
         self._text = ""  # the text those ids stand for: a prefix of the next turn's rendering
         self._cached_ids = 0  # leading ids of _ids whose positions are in the cache
@@ -336,16 +537,33 @@ class ChatSession:
 
     @property
     def cached_tokens(self) -> int:
-        return 0 if self.cache is None else self.cache.get_seq_length()
+        return cached_length(self.cache)
 
     def ask(self, question: str) -> Answer:
         return self.stream(question).finish()
 
     def stream(self, question: str, should_stop: Callable[[], bool] | None = None) -> TextStream:
         """The answer to ``question`` as a ``TextStream`` (see there for ``should_stop``)."""
-        model = self.model
         if self._active is not None and self._active.answer is None:
             self._active.close()  # an abandoned stream ends its turn as "cancelled"
+        turn = self.prepare(question)
+        self._active = TextStream(
+            self.model,
+            turn.cache,
+            turn.inputs_embeds,
+            turn.context_tokens,
+            turn.visual_tokens,
+            self.generation,
+            turn.encoded,
+            functools.partial(self.complete, turn),
+            should_stop,
+        )
+        return self._active
+
+    def prepare(self, question: str) -> ChatTurn:
+        """The next turn: what to prefill, into which cache (``stream`` runs it; a batching server
+        prefills and decodes it itself, then calls ``complete``)."""
+        model = self.model
         check_question(model, question)
         user = {"role": "user", "content": question} if self.messages else video_turn(model, question)
         messages = [*self.messages, user]
@@ -360,28 +578,21 @@ class ChatSession:
                 all_ids = tokenize(model, full).tolist()
                 embeds = model.splice(torch.tensor(all_ids), self.encoded.embeds)
                 encoded = None if self.messages else self.encoded  # the video's cost counts on turn 1
-                cache = new_cache(model)
-        context = (0 if cache is None else cache.get_seq_length()) + embeds.shape[0]
-
-        def done(answer: Answer, fed: int, consistent: bool) -> None:
-            if not consistent:  # failed mid-forward: recompute everything next turn
-                self.cache, self._ids, self._text, self._cached_ids = None, [], "", 0
-                return
-            self.cache = cache
-            self.messages = [*messages, {"role": "assistant", "content": answer.text}]
-            self._ids = all_ids + answer.token_ids
-            self._cached_ids = len(all_ids) + fed
-            self._text = full + answer.text
-
-        self._active = TextStream(
-            model,
-            cache,
-            embeds.unsqueeze(0),
-            context,
-            self.encoded.visual_tokens,
-            self.generation,
-            encoded,
-            done,
-            should_stop,
+                cache = None
+            context = cached_length(cache) + embeds.shape[0]
+            cache = fit_cache(model, cache, context + self.generation.max_new_tokens, self.generation.compile)
+        return ChatTurn(
+            messages, full, all_ids, cache, embeds.unsqueeze(0), context, self.encoded.visual_tokens, encoded
         )
-        return self._active
+
+    def complete(self, turn: ChatTurn, answer: Answer, fed: int, consistent: bool) -> None:
+        """Record a finished turn: ``turn.cache`` holds its prompt + the first ``fed`` answer tokens
+        when ``consistent``; otherwise (a forward failed midway) the next turn starts over."""
+        if not consistent:
+            self.cache, self._ids, self._text, self._cached_ids = None, [], "", 0
+            return
+        self.cache = turn.cache
+        self.messages = [*turn.messages, {"role": "assistant", "content": answer.text}]
+        self._ids = turn.ids + answer.token_ids
+        self._cached_ids = len(turn.ids) + fed
+        self._text = turn.text + answer.text

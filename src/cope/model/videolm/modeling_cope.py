@@ -36,6 +36,7 @@ from cope.model.videolm.encoding import encode_video
 from cope.model.videolm.generation import ChatSession, stream
 from cope.model.videolm.loading import BASE_SUBFOLDER, DELTA_WEIGHTS_NAME, load_base, resolve_checkpoint
 from cope.model.videolm.prompting import build_prompt
+from cope.model.videolm.tower_memo import TowerFeatureMemo
 from cope.model.vision import bilinear_pool, frames_to_pixels, vision_features, with_row_newlines
 
 IGNORE_INDEX = -100
@@ -85,6 +86,8 @@ class CopeVideoLM(nn.Module):
         self.placeholder_id = self._placeholder_id()
         self.stop_token_ids = self._stop_token_ids()
         self.vision_tower.requires_grad_(config.train_vision_tower)  # LLaVA-Video: frozen
+        # Set by training when the tower is frozen (``TowerFeatureMemo``); None: no memo.
+        self.tower_memo: TowerFeatureMemo | None = None
 
     # ------------------------------------------------------------------ parts and checks
 
@@ -178,15 +181,20 @@ class CopeVideoLM(nn.Module):
         frames = torch.as_tensor(frames)
         if frames.shape[0] == 0:
             return self._empty(self.config.layout.iframe_tokens)
-        blocks = []
-        for chunk in frames.split(self.config.vision_batch_size):
-            pixels = frames_to_pixels(chunk, self.image_size).to(self.device, self.dtype)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_vision_tower):
-                features = vision_features(self.vision_tower, pixels, self.base.config.vision_feature_layer)
-            projected = self.projector(features)  # (n, G², D): LLaVA-Video projects, then pools
-            pooled = bilinear_pool(projected)  # (n, S², D)
-            blocks.append(with_row_newlines(pooled, self.config.layout.image_side, self.image_newline))
-        return torch.cat(blocks)
+        chunks = frames.split(self.config.vision_batch_size)
+        return torch.cat([self.tokens_from_features(self.tower_features(chunk)) for chunk in chunks])
+
+    def tower_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB (n, H, W, 3) → the vision tower's (n, G², C) at ``vision_feature_layer``."""
+        pixels = frames_to_pixels(frames, self.image_size).to(self.device, self.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_vision_tower):
+            return vision_features(self.vision_tower, pixels, self.base.config.vision_feature_layer)
+
+    def tokens_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Tower features (n, G², C) → image-token blocks (n, S·(S+1), D)."""
+        projected = self.projector(features)  # (n, G², D): LLaVA-Video projects, then pools
+        pooled = bilinear_pool(projected)  # (n, S², D)
+        return with_row_newlines(pooled, self.config.layout.image_side, self.image_newline)
 
     def delta_tokens(self, mv: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """MVs (N, H, W, 2) px + residuals (N, H, W, 3) → (N, R·(C+1), D) via the shared projector."""
@@ -232,7 +240,10 @@ class CopeVideoLM(nn.Module):
         sizes |= {tuple(v.mv.shape[1:3]) for v in visuals if v.num_delta}
         if len(sizes) > 1:
             return [self.embed_visuals([v], zero_deltas)[0] for v in visuals]
-        image_blocks = self.image_tokens(torch.cat([v.frames for v in visuals]))  # (ΣnI, Ti, D)
+        if self.tower_memo is not None:  # training with a frozen tower: each frame's features once
+            image_blocks = self.tower_memo.image_tokens(self, visuals)  # (ΣnI, Ti, D)
+        else:
+            image_blocks = self.image_tokens(torch.cat([v.frames for v in visuals]))
         num_delta = sum(v.num_delta for v in visuals)
         delta_blocks: torch.Tensor | None = None
         if zero_deltas:

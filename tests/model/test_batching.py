@@ -1,0 +1,127 @@
+"""Continuous batching: N answers decoded together equal N answers decoded one after another."""
+
+from __future__ import annotations
+
+import pytest
+
+from cope.model.videolm import GenerationConfig, Timings, tiny_random
+from cope.model.videolm.batching import BatchDecoder
+from cope.model.videolm.generation import AnswerBuilder, cached_length, new_cache, prefill
+from tests.model.support import random_video
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+QUESTIONS = ("what is moving ?", "which direction ?", "how many objects ?", "what color is the ball ?")
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def model(request):
+    return tiny_random(seed=0, text_model=request.param)
+
+
+def requests(model, count: int, longest: int = 60):
+    """``count`` different prompts (videos of different lengths, different questions) and configs."""
+    out = []
+    for i in range(count):
+        video = random_video(model, positions=10 + (longest - 10) * i // max(count - 1, 1), seed=i)
+        config = GenerationConfig(max_new_tokens=6 + 3 * i, min_tokens=2 * (i % 2))
+        out.append((model.build_prompt(video, QUESTIONS[i % len(QUESTIONS)]), config))
+    return out
+
+
+def start(model, prompt, config: GenerationConfig):
+    """Prefill alone and choose the first token: (its own cache, builder, first token)."""
+    cache = new_cache(model)
+    builder = AnswerBuilder(model, config)
+    token = builder.choose(prefill(model, cache, prompt.inputs_embeds, None, lambda: False))
+    builder.accept(token)
+    return cache, builder, token
+
+
+def decode_batched(model, work, max_batch: int, cancel: dict[int, int] | None = None, decoder=None):
+    """Run ``work`` [(prompt, config)] through one batch, joining in order as rows free up; the token
+    ids of each. ``cancel``: request index → steps after which it leaves unfinished."""
+    decoder = BatchDecoder(model, max_batch) if decoder is None else decoder
+    cancel = cancel or {}
+    waiting, answers, index_of, steps = list(enumerate(work)), {}, {}, {}
+    while waiting or len(decoder):
+        while waiting and decoder.has_room:
+            index, (prompt, config) = waiting.pop(0)
+            cache, builder, token = start(model, prompt, config)
+            if builder.finish_reason is not None:
+                answers[index] = builder.token_ids
+                continue
+            sequence = decoder.join(cache, builder, token, prompt.prompt_tokens + config.max_new_tokens)
+            index_of[id(sequence)], steps[index] = index, 0
+        leaving = []
+        for sequence, _ in decoder.step():
+            index = index_of[id(sequence)]
+            steps[index] += 1
+            if sequence.builder.finish_reason is not None or steps[index] == cancel.get(index):
+                leaving.append(sequence)
+                answers[index] = sequence.builder.token_ids
+        for sequence in leaving:
+            decoder.leave(sequence)
+    return [answers[i] for i in range(len(work))]
+
+
+def test_batched_greedy_answers_equal_sequential_ones(model):
+    work = requests(model, 6)
+    sequential = [model.generate(prompt, config).token_ids for prompt, config in work]
+    assert len({tuple(ids) for ids in sequential}) == 6 and all(len(ids) >= 3 for ids in sequential)
+    assert decode_batched(model, work, max_batch=4) == sequential  # rows of different lengths, joins
+
+
+def test_a_cancelled_sequence_frees_its_row_for_the_next(model):
+    work = requests(model, 3)
+    sequential = [model.generate(prompt, config).token_ids for prompt, config in work]
+    decoder = BatchDecoder(model, max_batch=2)
+    answers = decode_batched(model, work, max_batch=2, cancel={0: 2}, decoder=decoder)
+    assert answers[0] == sequential[0][:3]  # its first token + two decoded, then it left
+    assert answers[1:] == sequential[1:]  # the third joined in the freed row and answered alike
+    assert len(decoder) == 0 and decoder.has_room
+
+
+def test_the_slot_cache_grows_for_a_long_prompt_without_disturbing_the_others(model):
+    work = requests(model, 3, longest=400)  # the last prompt needs more than 256 positions
+    sequential = [model.generate(prompt, config).token_ids for prompt, config in work]
+    decoder = BatchDecoder(model, max_batch=3)
+    assert decode_batched(model, work, max_batch=3, decoder=decoder) == sequential
+    assert decoder.cache.capacity == 512
+
+
+def test_a_chat_turn_decoded_in_a_batch_continues_like_one_decoded_alone(model):
+    """leave(keep=True) hands the answer's keys and values back to the session's cache: the next
+    turn prefills only its new text and answers as in a session that never saw a batch."""
+    video = random_video(model, positions=25)
+    alone, batched = (model.chat(video, GenerationConfig(max_new_tokens=7)) for _ in range(2))
+    first = alone.ask(QUESTIONS[0])
+    turn = batched.prepare(QUESTIONS[0])
+    builder = AnswerBuilder(model, batched.generation)
+    token = builder.choose(prefill(model, turn.cache, turn.inputs_embeds, None, lambda: False))
+    builder.accept(token)
+    decoder = BatchDecoder(model, max_batch=2)
+    other = decoder.join(*start(model, *requests(model, 1)[0]), positions=200)  # a neighbour row
+    sequence = decoder.join(turn.cache, builder, token, turn.context_tokens + 7)
+    while sequence.builder.finish_reason is None:
+        decoder.step()
+    decoder.leave(sequence, keep=True)
+    decoder.leave(other)
+    answer = builder.answer(builder.finish_reason, turn.context_tokens, turn.visual_tokens, Timings())
+    batched.complete(turn, answer, sequence.fed, consistent=True)
+    assert answer.token_ids == first.token_ids
+    assert cached_length(batched.cache) == alone.cached_tokens
+    assert batched.ask(QUESTIONS[1]).token_ids == alone.ask(QUESTIONS[1]).token_ids
+
+
+@pytest.mark.slow
+def test_a_compiled_batch_step_answers_like_the_eager_one(monkeypatch):
+    """All rows and columns every step (fixed shapes for torch.compile; forced on this CPU)."""
+    from cope.model.videolm import batching
+
+    monkeypatch.setattr(batching, "compiled_steps_available", lambda device: True)
+    model = tiny_random(seed=0)
+    work = requests(model, 3)
+    sequential = [model.generate(prompt, config).token_ids for prompt, config in work]
+    decoder = BatchDecoder(model, max_batch=2, compile=True)
+    assert decode_batched(model, work, max_batch=2, decoder=decoder) == sequential
