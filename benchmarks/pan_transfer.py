@@ -46,7 +46,6 @@ import argparse
 import json
 import sys
 import tempfile
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -58,6 +57,7 @@ from cope.codec.extract import open_video
 from cope.eval.choice import pick_option
 from cope.eval.scoring import score_prediction
 from cope.motionqa import DIRECTIONS
+from cope.motionqa.render import encode_mp4
 
 QUESTION = "Which way does the camera pan?"  # MotionQA's first pan template
 FPS = 30
@@ -126,20 +126,8 @@ def pan_frames(still: Image.Image, scale: float, direction: str, speed: float):
 
 def write_h264(frames, path: Path, b_frames: int) -> None:
     """H.264 (libx264, yuv420p) at FPS with at most ``b_frames`` consecutive B-frames."""
-    with av.open(str(path), "w", format="mp4") as out:
-        # bf is set either way: libx264's own default is 3 B-frames.
-        stream = out.add_stream("libx264", rate=FPS, options={"bf": str(b_frames)})
-        stream.width, stream.height, stream.pix_fmt = SIDE, SIDE, "yuv420p"
-        stream.time_base = Fraction(1, FPS)
-        stream.codec_context.thread_count = 1  # the same bitstream on every machine
-        for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, FPS)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+    # bf is set either way: libx264's own default is 3 B-frames.
+    encode_mp4(frames, path, "libx264", {"bf": str(b_frames)}, SIDE, SIDE)
 
 
 def clip_specs(footage: list[Path], stills: int, speeds: list[float], seed: int) -> list[dict]:

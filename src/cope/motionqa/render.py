@@ -14,7 +14,7 @@ Shapes: H, W frame size in pixels; S sprite side in pixels.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -383,18 +383,22 @@ def write_video(
     Writing the canonical format directly is the fastest end-to-end path (measured in
     docs/motionqa.md), and the file can also be read with ``open_video(..., no_transcode=True)``.
     """
+    options = {
+        "g": str(gop),
+        "bf": "0",
+        "sc_threshold": "1000000000",  # I-frames exactly every GOP, never at a "scene cut"
+        "qmin": str(quantizer),
+        "qmax": str(quantizer),
+    }
+    encode_mp4(frames, path, "mpeg4", options, width, height)
+
+
+def encode_mp4(
+    frames: Iterable[np.ndarray], path: Path, codec: str, options: dict[str, str], width: int, height: int
+) -> None:
+    """RGB frames (H, W, 3) uint8 → an MP4 of ``codec`` (yuv420p, FPS) with the encoder ``options``."""
     with av.open(str(path), "w", format="mp4") as out:
-        stream = out.add_stream(
-            "mpeg4",
-            rate=FPS,
-            options={
-                "g": str(gop),
-                "bf": "0",
-                "sc_threshold": "1000000000",  # I-frames exactly every GOP, never at a "scene cut"
-                "qmin": str(quantizer),
-                "qmax": str(quantizer),
-            },
-        )
+        stream = out.add_stream(codec, rate=FPS, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = Fraction(1, FPS)
         stream.codec_context.thread_count = 1  # one thread: the bitstream is the same on every machine
