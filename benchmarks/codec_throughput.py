@@ -43,6 +43,7 @@ import numpy as np
 
 from cope.codec import CanonicalSettings, kernels, open_video, transcode
 from cope.codec.canonical import sample_video_path
+from cope.codec.swscale import to_rgb24
 
 
 def median_time(fn, repeats: int) -> float:
@@ -61,7 +62,7 @@ def plain_decode(path: Path, rgb: bool = False, mvs: bool = False) -> None:
             stream.codec_context.options = {"flags2": "+export_mvs"}
         for frame in container.decode(stream):
             if rgb:
-                frame.to_ndarray(format="rgb24")
+                to_rgb24(frame)
             if mvs and (side := frame.side_data.get("MOTION_VECTORS")) is not None:
                 side.to_ndarray()
 

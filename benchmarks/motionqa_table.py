@@ -297,6 +297,12 @@ def main() -> int:
     )
     parser.add_argument("--limit", type=int, default=None, help="first N clips only")
     parser.add_argument(
+        "--row",
+        action="append",
+        choices=[name for name, *_ in ROWS],
+        help="evaluate only this row (repeatable; default: every row whose model is given)",
+    )
+    parser.add_argument(
         "--scoring",
         choices=("both", "choice"),
         default="both",
@@ -319,7 +325,7 @@ def main() -> int:
     models = {key: CopeVideoLM.from_pretrained(path) for key, path in paths.items() if path}
     rows = []
     for name, key, plan_k, deltas in ROWS:
-        if key not in models:
+        if key not in models or (args.row and name not in args.row):
             continue
         started = time.perf_counter()
         result = evaluate_row(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -45,6 +46,28 @@ def test_ask_json(capsys, checkpoint, integer_clip, cache_dir):
     code, out, _ = ask(capsys, *common, "--json", "--max-new-tokens", "5", "--compile")
     compiled = json.loads(out)
     assert code == 0 and compiled["answer"] == report["answer"] and compiled["compile_s"] == 0.0
+
+
+def test_ask_caps_answers_at_the_models_max_new_tokens(capsys, checkpoint, integer_clip, cache_dir, tmp_path):
+    """Without --max-new-tokens the model config's cap applies (CoPE-Tiny: 8); the flag overrides it."""
+    capped = tmp_path / "capped"
+    shutil.copytree(checkpoint, capped)
+    config = json.loads((capped / "config.json").read_text())
+    (capped / "config.json").write_text(json.dumps({**config, "max_new_tokens": 3}))
+    common = [
+        str(integer_clip),
+        "what is moving ?",
+        "--model",
+        str(capped),
+        "--cache-dir",
+        str(cache_dir),
+        "--json",
+    ]
+    # The random model's greedy answer runs past 5 tokens without its end token (test_ask_json).
+    code, out, _ = ask(capsys, *common)
+    assert code == 0 and json.loads(out)["new_tokens"] == 3
+    code, out, _ = ask(capsys, *common, "--max-new-tokens", "5")
+    assert code == 0 and json.loads(out)["new_tokens"] == 5
 
 
 @pytest.mark.parametrize(

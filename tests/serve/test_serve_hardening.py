@@ -527,3 +527,14 @@ def test_a_killed_servers_work_dir_is_removed_by_the_next(model, checkpoint, tmp
             assert not killed[0].exists(), "the next server removes the dead server's directory"
             assert live.exists(), "never a live server's"
             assert next_app.state.store.removed_stale == killed
+
+
+def test_codec_option_reads_an_uploads_own_stream(model, tmp_path):
+    """--codec native: the H.264 sample (with B-frames) is read as it is, not transcoded to MPEG-4."""
+    with serving(model, tmp_path, codec="native") as (server, _):
+        response = upload(server, SAMPLE.read_bytes(), "sample.mp4")
+    assert response.status_code == 200, response.text
+    stream = response.json()["video"]["canonical"]
+    assert stream["codec"] == "h264" and stream["frame_types"]["B"] > 0
+    with pytest.raises(ValueError, match="codec must be one of"):
+        ServeSettings(codec="vp9").validate()

@@ -184,3 +184,13 @@ def test_bad_configs_exit_2_with_one_line(tmp_path, tiny_tower, pair_videos, sha
     assert "config file not found" in capsys.readouterr().err
     assert main(["pretrain", str(config), "--set", "model.vision_encoder=/nonexistent/tower"]) == 2
     assert "/nonexistent/tower" in capsys.readouterr().err
+
+
+def test_pair_store_key_is_stable():
+    """The store directory is a hash of the settings that shape a pair; pinned so that a new
+    setting elsewhere (CanonicalSettings.codec: pairs always read the canonical stream) does not
+    silently orphan every store built before it."""
+    from cope.data.pairs import PairDataConfig
+
+    assert PairDataConfig().settings_key() == "34fd6c0c401fef76"
+    assert PairDataConfig(fusion=10).settings_key() != "34fd6c0c401fef76"

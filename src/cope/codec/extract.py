@@ -29,6 +29,7 @@ from cope.codec.parallel import available_cores, ordered_outputs
 from cope.codec.primitives import Gop, IFrame, PFrame, StreamInfo
 from cope.codec.reader import CanonicalReader, DecodedFrame, FrameReader, StreamScan
 from cope.codec.residual import dense_motion_field, predict_frame
+from cope.codec.swscale import to_rgb24
 from cope.plan import MAX_GOPS, PlanEntry, TokenPlan, cope_plan, dense_frame_indices, standard_plans
 
 
@@ -39,7 +40,7 @@ def yuv_to_rgb(planes: tuple[np.ndarray, np.ndarray, np.ndarray], width: int, he
         padded = np.zeros((plane.height, plane.line_size), dtype=np.uint8)
         padded[: data.shape[0], : data.shape[1]] = data
         plane.update(padded.tobytes())
-    return frame.to_ndarray(format="rgb24")
+    return to_rgb24(frame)
 
 
 def exact_residual(current: DecodedFrame, previous: DecodedFrame) -> tuple[np.ndarray, np.ndarray]:

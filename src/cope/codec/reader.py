@@ -24,6 +24,7 @@ from cope.codec.bitstream import VolHeader, VopHeader, parse_vol, parse_vop
 from cope.codec.canonical import check_video_path, demux_tolerant, open_video_stream
 from cope.codec.primitives import StreamInfo
 from cope.codec.residual import MacroblockMotion, macroblock_motion
+from cope.codec.swscale import to_rgb24
 from cope.errors import CopeInputError
 
 
@@ -50,7 +51,7 @@ class DecodedFrame:
 
     def rgb(self) -> np.ndarray:
         """(H, W, 3) uint8, converted by FFmpeg's swscale like every frame a VideoLM sees."""
-        return self.frame.to_ndarray(format="rgb24")
+        return to_rgb24(self.frame)
 
 
 @dataclass

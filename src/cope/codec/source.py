@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from cope.codec.canonical import CanonicalSettings, check_video_path, header_duration_s, open_video_stream
+from cope.codec.swscale import to_rgb24
 from cope.errors import CopeInputError
 
 # Seek instead of decoding through when the next wanted frame is this far ahead: decoding a few
@@ -105,5 +106,5 @@ def to_canonical_rgb(frame, settings: CanonicalSettings) -> np.ndarray:
     width, height = (
         (settings.height, settings.width) if turns in (-1, 1) else (settings.width, settings.height)
     )
-    rgb = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+    rgb = to_rgb24(frame, width, height)
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb

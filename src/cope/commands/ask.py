@@ -37,19 +37,22 @@ def add_ask_options(parser) -> None:
     add_codec_option(sampling, None)
     add_workers_option(sampling)
     generation = parser.add_argument_group("generation")
-    generation.add_argument("--max-new-tokens", type=int, default=256, help="answer length cap (256)")
+    generation.add_argument(
+        "--max-new-tokens", type=int, help="answer length cap (default: the model config's max_new_tokens)"
+    )
     generation.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     generation.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0)")
     generation.add_argument("--seed", type=int, help="sampling seed")
     add_compile_option(generation, "off: a one-off answer seldom earns back the compilation")
 
 
-def generation_config(args):
+def generation_config(args, config):
+    """The generation settings of ask / chat / infer; the answer cap falls back to ``config``'s."""
     from cope.model.videolm import GenerationConfig
 
     check_positive(args)
     return GenerationConfig(
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_new_tokens or config.max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
@@ -147,8 +150,8 @@ def load_and_encode(args):
     The options, the video and the plan are checked before any weights load, so bad input fails
     at once.
     """
-    generation = generation_config(args)
     name, config = model_config(args)
+    generation = generation_config(args, config)
     opened = time.perf_counter()
     video = open_model_video(config, args.video, args)
     transcode_s = time.perf_counter() - opened

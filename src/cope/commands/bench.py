@@ -1,4 +1,5 @@
-"""``cope bench``: visual tokens, TTFT and E2EL per sampling config against dense64, in one process."""
+"""``cope bench``: visual tokens, TTFT and E2EL per sampling config against dense64, in one process;
+with ``--train-step``, the time and peak memory of a stage-2 training step per config instead."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ OUTPUT_FILES = ("bench.json", "bench.md", "bench.png")
 
 def register(commands) -> None:
     parser = commands.add_parser(
-        "bench", help="TTFT / E2EL / tokens of dense64 vs cope_k1/k2/k4 (+ iframes_k1), one process"
+        "bench",
+        help="TTFT / E2EL / tokens of dense64 vs cope_k1/k2/k4 (+ iframes_k1), one process; "
+        "--train-step: a stage-2 training step's time and peak memory",
     )
     add_model_options(parser.add_argument_group("model (--device meta: shapes only, with --dry-run)"))
     parser.add_argument(
@@ -57,8 +60,7 @@ def register(commands) -> None:
     )
     parser.add_argument(
         "--configs",
-        default="dense64,cope_k1,cope_k2,cope_k4,iframes_k1",
-        help="comma-separated configs to run (default: all five)",
+        help="comma-separated configs to run (default: all five; with --train-step: cope_k1,cope_k4,dense64)",
     )
     parser.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's); 1 is steadiest on a busy machine"
@@ -70,6 +72,19 @@ def register(commands) -> None:
     parser.add_argument("--out", metavar="DIR", help="write bench.json, bench.md and bench.png into DIR")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    train = parser.add_argument_group("training step (--train-step)")
+    train.add_argument(
+        "--train-step",
+        action="store_true",
+        help="instead of TTFT/E2EL: time stage-2 training steps (forward + backward + AdamW, vision tower "
+        "frozen) and their peak memory, per config",
+    )
+    train.add_argument("--batch", type=int, help="with --train-step: samples per step (default: 1)")
+    train.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="with --train-step: recompute activations in backward (as finetune's model.gradient_checkpointing)",
+    )
     parser.set_defaults(func=cmd_bench)
 
 
@@ -85,7 +100,8 @@ def cmd_bench(args) -> int:
         run_bench,
     )
 
-    names = [name.strip() for name in args.configs.split(",") if name.strip()]
+    _check_train_step_options(args)
+    names = [name.strip() for name in _configs(args).split(",") if name.strip()]
     unknown = [name for name in names if name not in CONFIGS_BY_NAME]
     if unknown or not names:
         raise CopeInputError(
@@ -107,6 +123,8 @@ def cmd_bench(args) -> int:
         from dataclasses import replace
 
         model.config.canonical = replace(model.config.canonical, codec=args.codec)
+    if args.train_step:
+        return _train_step(args, model, video, tuple(CONFIGS_BY_NAME[name] for name in names))
     if args.dry_run:
         report = dry_run(model, video, tuple(CONFIGS_BY_NAME[name] for name in names))
         print(json.dumps(report) if args.json else format_dry_run(report))
@@ -135,6 +153,63 @@ def cmd_bench(args) -> int:
         plot_report(report, out / "bench.png")
         print(f"wrote {', '.join(str(out / name) for name in OUTPUT_FILES)}", file=sys.stderr)
     print(json.dumps(report) if args.json else format_summary(report))
+    return 0
+
+
+def _configs(args) -> str:
+    """--configs as given, else every config (TTFT runs) or TRAIN_STEP_CONFIGS (--train-step)."""
+    from cope.eval.bench import CONFIGS_BY_NAME
+    from cope.eval.train_step import TRAIN_STEP_CONFIGS
+
+    if args.configs is not None:
+        return args.configs
+    return ",".join(TRAIN_STEP_CONFIGS if args.train_step else CONFIGS_BY_NAME)
+
+
+def _check_train_step_options(args) -> None:
+    """--train-step times real steps and prints its own report: the inference-run options do not apply."""
+    if not args.train_step:
+        if args.batch is not None or args.gradient_checkpointing:
+            raise CopeInputError("--batch and --gradient-checkpointing need --train-step")
+        return
+    given = {
+        "--dry-run": args.dry_run,
+        "--cold": args.cold,
+        "--compile": args.compile,
+        "--out": args.out is not None,
+        "--device meta": args.device == "meta",
+    }
+    refused = [name for name, on in given.items() if on]
+    if refused:
+        raise CopeInputError(
+            f"--train-step times real training steps and prints its report: drop {refused[0]}"
+        )
+    if args.batch is not None and args.batch < 1:
+        raise CopeInputError("--batch must be at least 1")
+
+
+def _train_step(args, model, video: Path, configs) -> int:
+    """``cope bench --train-step``: stage-2 step time and peak memory per config."""
+    import torch
+
+    from cope.eval.train_step import format_train_step, run_train_step
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    try:
+        report = run_train_step(
+            model,
+            video,
+            configs,
+            batch=args.batch or 1,
+            repeats=args.repeats,
+            gradient_checkpointing=args.gradient_checkpointing,
+            measure_memory=not args.no_memory,
+            progress=True,
+        )
+    finally:
+        torch.set_num_threads(threads)  # main() may be called in-process (tests, notebooks)
+    print(json.dumps(report) if args.json else format_train_step(report))
     return 0
 
 

@@ -113,8 +113,8 @@ def cmd_infer(args) -> int:
         raise CopeInputError(f"{out.parent}: output directory does not exist")
     done = read_done(out, args.retry_errors)
     todo = [item for item in requests if request_key(item) not in done]
-    generation = generation_config(args)
     name, config = model_config(args)
+    generation = generation_config(args, config)
     check_mode(config, args)
     model = load_model(args, name) if todo else None
     answered = failed = 0

@@ -7,7 +7,7 @@ import socket
 import sys
 from pathlib import Path
 
-from cope.commands.common import add_compile_option, add_model_options, compile_on_cuda
+from cope.commands.common import add_codec_option, add_compile_option, add_model_options, compile_on_cuda
 from cope.errors import CopeInputError
 
 MiB = 1 << 20
@@ -38,6 +38,7 @@ def register(commands) -> None:
         "requests wait in the queue (default: 8)",
     )
     add_compile_option(model, "on for CUDA; the first requests after start pay the compilation")
+    add_codec_option(model, None)
     limits = parser.add_argument_group("limits")
     limits.add_argument(
         "--allow-dir",
@@ -164,7 +165,7 @@ def _load(args):
     from cope.serve.config import ServeSettings
 
     model_path = resolve_model(args.model)
-    CopeConfig.from_pretrained(model_path)  # cheap: a bad --model fails here, in one line
+    config = CopeConfig.from_pretrained(model_path)  # cheap: a bad --model fails here, in one line
     settings = ServeSettings(
         model_name=args.model_name or _default_name(model_path),
         max_upload_bytes=int(args.max_upload_mb * MiB),
@@ -176,7 +177,7 @@ def _load(args):
         work_root=args.work_dir,
         cache_max_bytes=int(args.cache_mb * MiB),
         max_tokens_limit=args.max_tokens,
-        default_max_tokens=min(256, args.max_tokens),
+        default_max_tokens=min(config.max_new_tokens, args.max_tokens),
         max_prompt_tokens=args.max_prompt_tokens,
         body_timeout_s=args.body_timeout_s,
         prefill_chunk_tokens=args.prefill_chunk_tokens,
@@ -187,6 +188,7 @@ def _load(args):
         allowed_hosts=tuple(args.allowed_host),
         cors_origins=tuple(args.cors_origin),
         api_key=args.api_key or None,
+        codec=args.codec,
     )
     try:
         settings.validate()

@@ -94,7 +94,10 @@ class PairDataConfig:
         return CanonicalSettings(self.fps, self.gop, self.width, self.height, self.quantizer)
 
     def settings_key(self) -> str:
-        settings = {"canonical": asdict(self.canonical()), "fusion": self.fusion, "max_gops": self.max_gops}
+        # Pairs always come from the canonical stream: leaving CanonicalSettings.codec out keeps
+        # the key (and the stores built before that field existed) unchanged.
+        canonical = {k: v for k, v in asdict(self.canonical()).items() if k != "codec"}
+        settings = {"canonical": canonical, "fusion": self.fusion, "max_gops": self.max_gops}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def store(self) -> Path:

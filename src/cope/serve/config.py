@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cope.codec.canonical import CODEC_CHOICES
+
 MiB = 1 << 20
 
 
@@ -37,7 +39,11 @@ class ServeSettings:
     encoded_cache_entries: int = 8
     # Conversations whose KV cache is kept, so the next turn only prefills the new text.
     chat_sessions: int = 4
-    # Generation length when a request gives no ``max_tokens``, and the most a request may ask for.
+    # The stream extraction reads (``CanonicalSettings.codec``: canonical, native or auto); None:
+    # the model config's.
+    codec: str | None = None
+    # Generation length when a request gives no ``max_tokens`` (``cope serve``: the model config's
+    # ``max_new_tokens``), and the most a request may ask for.
     default_max_tokens: int = 256
     max_tokens_limit: int = 2048
     # The most prompt positions (text + visual, all turns) a request may fill; beyond → 400
@@ -92,5 +98,7 @@ class ServeSettings:
             raise ValueError("cache_max_bytes must hold at least two uploads (2 × max_upload_bytes)")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens must not exceed max_tokens_limit")
+        if self.codec is not None and self.codec not in CODEC_CHOICES:
+            raise ValueError(f"codec must be one of {', '.join(CODEC_CHOICES)}, got {self.codec!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key must not be empty")

@@ -33,7 +33,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -173,7 +173,9 @@ class ChatEngine:
 
     @property
     def canonical_settings(self):
-        return self.model.config.canonical
+        """The model's canonical settings, with the server's ``--codec`` where one was given."""
+        canonical = self.model.config.canonical
+        return replace(canonical, codec=self.settings.codec) if self.settings.codec else canonical
 
     def options(self, request: ChatCompletionRequest) -> Options:
         """The request's settings with the server's and the model's defaults filled in."""
