@@ -1,7 +1,8 @@
 """Train CoPE-Tiny, the bundled default model, from nothing: ``make tiny-model`` runs this.
 
 Steps (each a ``cope`` command; a step whose output exists is skipped, so a rerun resumes):
-  1. MotionQA train / val / test clips (``cope motionqa generate``) at 128×128
+  1. MotionQA train / val / test clips (``cope motionqa generate``) at 128×128, and stage 2's
+     larger train split (9,000 clips whose first 3,000 are the train split)
   2. the slot cache of every clip (``cope preprocess``)
   3. the untrained model: ``cope_tiny_init()`` (MotionQA's closed vocabulary, random weights)
   4. the vision tower learns what each patch shows (``cope motionqa pretrain-tower configs/tiny/tower.yaml``)
@@ -29,6 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "tiny"
 ASSET = ROOT / "src" / "cope" / "assets" / "cope-tiny"
 SPLITS = {"train": 3000, "val": 200, "test": 1000}
+# Stage 2 reads more clips than the tower and stages 0–1: 9,000 train clips, written to their own
+# folder. Their first 3,000 are exactly the train split above (a prefix of a longer split is the
+# same as the shorter split), so stage 2 sees every earlier clip plus 6,000 new ones.
+STAGE2_TRAIN_CLIPS = 9000
 COPE = [sys.executable, "-m", "cope.cli"]
 
 
@@ -77,6 +82,21 @@ def data_steps(timings: dict, workers: int) -> None:
     preprocess += ["--workers", workers, "--cache-dir", BUILD / "transcode"]
     run("preprocess", preprocess, BUILD / "cache" / ".complete", timings)
     (BUILD / "cache" / ".complete").touch()
+    stage2_data_steps(timings, workers)
+
+
+def stage2_data_steps(timings: dict, workers: int) -> None:
+    """Stage 2's larger train split (STAGE2_TRAIN_CLIPS), in the same slot cache."""
+    motionqa = BUILD / "motionqa-stage2"
+    generate = [*COPE, "motionqa", "generate", "--out", motionqa, "--split", "train"]
+    generate += ["--clips", STAGE2_TRAIN_CLIPS, "--seed", 0, "--workers", workers]
+    run("motionqa-train-stage2", generate, motionqa / "train-chat.json", timings)
+    videos = BUILD / "train-stage2.list"
+    videos.write_text("".join(f"{p}\n" for p in sorted((motionqa / "videos").glob("train-*.mp4"))))
+    preprocess = [*COPE, "preprocess", videos, "--out", BUILD / "cache", "--size", "128x128"]
+    preprocess += ["--workers", workers, "--cache-dir", BUILD / "transcode"]
+    run("preprocess-stage2", preprocess, BUILD / "cache" / ".complete-stage2", timings)
+    (BUILD / "cache" / ".complete-stage2").touch()
 
 
 def init_model(timings: dict) -> None:
