@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from cope.motionqa import Background, Scene, SceneObject
 from cope.motionqa.plans import schedule
 from cope.motionqa.questions import make_clip
-from cope.motionqa.records import chat_records, clip_records, question_stats
+from cope.motionqa.records import chat_records, clip_records, clip_steps, question_stats, step_question
 from cope.motionqa.spec import COUNTS, DIRECTIONS
 
 
@@ -46,3 +47,29 @@ def test_chat_records_hold_every_question_of_a_clip_once():
     assert [c["id"] for c in chats] == ["train-000001", "train-000002"]
     assert [t["value"] for t in chats[0]["conversations"]] == ["<image>\nQ1", "left", "Q2", "red"]
     assert [t["from"] for t in chats[0]["conversations"]] == ["human", "gpt", "human", "gpt"]
+
+
+def test_clip_steps_label_every_visible_second_and_the_moving_camera():
+    look = {"size": 0.2, "rgb": (255, 0, 0), "texture_seed": 0}
+    right_then_still = [(0.2, 0.5), (0.3, 0.5), (0.3, 0.5), (0.3, 0.5)]
+    down = [(0.5, 0.2), (0.5, 0.3), (0.5, 0.4), (0.5, 0.5)]
+    objects = [
+        SceneObject("red", "circle", positions=right_then_still, **look),
+        SceneObject("blue", "star", positions=down, disappear=2, **look),  # visible for second 0 only
+        SceneObject("green", "square", positions=down, appear=1, **look),  # not named: absent at t = 0
+    ]
+    camera = [(0.0, 0.0), (0.0, 0.0), (-0.1, 0.0), (-0.1, 0.0)]  # pans left in second 1
+    scene = Scene(4, Background("gradient", (0, 0, 0), (9, 9, 9), 0.0, 0.2, 0.0, 0), camera, objects)
+    assert clip_steps(scene) == [
+        ("red circle", 0, "right"),
+        ("red circle", 1, "still"),
+        ("red circle", 2, "still"),
+        ("blue star", 0, "down"),
+        ("camera", 0, "still"),
+        ("camera", 1, "left"),
+        ("camera", 2, "still"),
+    ]
+    assert (
+        step_question("red circle", 0) == "Which way does the red circle move between second 0 and second 1?"
+    )
+    assert step_question("camera", 1) == "Which way does the camera pan between second 1 and second 2?"

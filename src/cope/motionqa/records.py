@@ -78,27 +78,40 @@ def step_questions(
     reading of single Δ-frames, which the clip-level questions only do in aggregate. At most a
     third of the chosen questions are "still"; the test split never asks them.
     """
+    steps = clip_steps(scene)
+    moving = [step for step in steps if step[2] != "still"]
+    still = [step for step in steps if step[2] == "still"]
+    chosen = [moving[i] for i in rng.permutation(len(moving))[:limit]]
+    room = min(limit - len(chosen), max(1, limit // 3))
+    chosen += [still[i] for i in rng.permutation(len(still))[:room]]
+    return [
+        (step_question(name, t, int(rng.integers(len(STEP_TEMPLATES)))), label) for name, t, label in chosen
+    ]
+
+
+def clip_steps(scene: Scene) -> list[tuple[str, int, str]]:
+    """Every (subject, second t, label) a per-second question could ask about: each object
+    visible at t = 0 while it stays visible from t to t + 1, and the camera if it ever moves;
+    label = left / right / up / down / still."""
     subjects = [(o.name, o.positions, o) for o in scene.objects if o.appear == 0]
     if any(a != b for a, b in zip(scene.camera, scene.camera[1:], strict=False)):
         subjects.append(("camera", scene.camera, None))
-    moving, still = [], []
+    steps = []
     for name, track, obj in subjects:
         for t in range(scene.seconds - 1):
             if obj is not None and not (obj.visible_at(t) and obj.visible_at(t + 1)):
                 continue
             label = step_direction(track[t + 1][0] - track[t][0], track[t + 1][1] - track[t][1])
-            (moving if label else still).append((name, t, label or "still"))
-    chosen = [moving[i] for i in rng.permutation(len(moving))[:limit]]
-    room = min(limit - len(chosen), max(1, limit // 3))
-    chosen += [still[i] for i in rng.permutation(len(still))[:room]]
-    turns = []
-    for name, t, label in chosen:
-        template = STEP_TEMPLATES[int(rng.integers(len(STEP_TEMPLATES)))]
-        question = template.format(subject=name, t=t, u=t + 1)
-        if name == "camera":
-            question = question.replace("does the camera move", "does the camera pan")
-        turns.append((question, label))
-    return turns
+            steps.append((name, t, label or "still"))
+    return steps
+
+
+def step_question(subject: str, t: int, template: int = 0) -> str:
+    """The per-second question about ``subject`` between second t and t + 1 (``STEP_TEMPLATES``)."""
+    question = STEP_TEMPLATES[template].format(subject=subject, t=t, u=t + 1)
+    return (
+        question.replace("does the camera move", "does the camera pan") if subject == "camera" else question
+    )
 
 
 def chat_records(llava: list[dict], scenes: dict[str, Scene] | None = None, seed: int = 0) -> list[dict]:
