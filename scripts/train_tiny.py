@@ -69,34 +69,44 @@ def record_timings(timings: dict) -> None:
 def data_steps(timings: dict, workers: int) -> None:
     motionqa = BUILD / "motionqa"
     for split, clips in SPLITS.items():
-        generate = [*COPE, "motionqa", "generate", "--out", motionqa, "--split", split]
-        generate += ["--clips", clips, "--seed", 0, "--workers", workers]
-        run(f"motionqa-{split}", generate, motionqa / f"{split}-chat.json", timings)
+        generate_step(f"motionqa-{split}", motionqa, split, clips, timings, workers)
     lists = []
     for split in SPLITS:
-        lists.append("".join(f"{p}\n" for p in sorted((motionqa / "videos").glob(f"{split}-*.mp4"))))
+        lists.append(video_list(motionqa, split))
         (BUILD / f"{split}.list").write_text(lists[-1])
     everything = BUILD / "all.list"
     everything.write_text("".join(lists))
-    preprocess = [*COPE, "preprocess", everything, "--out", BUILD / "cache", "--size", "128x128"]
-    preprocess += ["--workers", workers, "--cache-dir", BUILD / "transcode"]
-    run("preprocess", preprocess, BUILD / "cache" / ".complete", timings)
-    (BUILD / "cache" / ".complete").touch()
+    preprocess_step("preprocess", everything, BUILD / "cache" / ".complete", timings, workers)
     stage2_data_steps(timings, workers)
 
 
 def stage2_data_steps(timings: dict, workers: int) -> None:
     """Stage 2's larger train split (STAGE2_TRAIN_CLIPS), in the same slot cache."""
     motionqa = BUILD / "motionqa-stage2"
-    generate = [*COPE, "motionqa", "generate", "--out", motionqa, "--split", "train"]
-    generate += ["--clips", STAGE2_TRAIN_CLIPS, "--seed", 0, "--workers", workers]
-    run("motionqa-train-stage2", generate, motionqa / "train-chat.json", timings)
+    generate_step("motionqa-train-stage2", motionqa, "train", STAGE2_TRAIN_CLIPS, timings, workers)
     videos = BUILD / "train-stage2.list"
-    videos.write_text("".join(f"{p}\n" for p in sorted((motionqa / "videos").glob("train-*.mp4"))))
+    videos.write_text(video_list(motionqa, "train"))
+    preprocess_step("preprocess-stage2", videos, BUILD / "cache" / ".complete-stage2", timings, workers)
+
+
+def generate_step(step: str, out: Path, split: str, clips: int, timings: dict, workers: int) -> None:
+    """``cope motionqa generate`` of one split at seed 0 into ``out``; done once its chat file exists."""
+    generate = [*COPE, "motionqa", "generate", "--out", out, "--split", split]
+    generate += ["--clips", clips, "--seed", 0, "--workers", workers]
+    run(step, generate, out / f"{split}-chat.json", timings)
+
+
+def video_list(motionqa: Path, split: str) -> str:
+    """The split's clip paths, one per line, sorted: a ``cope preprocess`` list file's text."""
+    return "".join(f"{p}\n" for p in sorted((motionqa / "videos").glob(f"{split}-*.mp4")))
+
+
+def preprocess_step(step: str, videos: Path, done: Path, timings: dict, workers: int) -> None:
+    """``cope preprocess`` of the listed videos into build/tiny/cache at 128×128; ``done`` marks it."""
     preprocess = [*COPE, "preprocess", videos, "--out", BUILD / "cache", "--size", "128x128"]
     preprocess += ["--workers", workers, "--cache-dir", BUILD / "transcode"]
-    run("preprocess-stage2", preprocess, BUILD / "cache" / ".complete-stage2", timings)
-    (BUILD / "cache" / ".complete-stage2").touch()
+    run(step, preprocess, done, timings)
+    done.touch()
 
 
 def init_model(timings: dict) -> None:
