@@ -216,18 +216,26 @@ def cope_plan(
     return TokenPlan(tuple(entries))
 
 
-def snap_to_anchors(plan: TokenPlan, anchors: list[int]) -> TokenPlan:
+def snap_to_anchors(plan: TokenPlan, anchors: list[int], gop_starts: list[int]) -> TokenPlan:
     """The plan on a stream whose B-frames are not chained (native mode, ``cope.codec.native``).
 
-    Every entry moves to the last anchor (I- or P-frame; ``anchors`` in increasing order) at or
-    before its frame, each P entry is relative to the entry before it in its GOP, and an entry
-    that lands on the same anchor as the one before it is dropped (a fusion shorter than the
-    anchor spacing). Every GOP starts with an I-frame, an anchor, so no entry leaves its GOP.
+    Every entry moves to the nearest anchor (I- or P-frame; ``anchors`` in increasing order) of its
+    GOP (the earlier one of two as near), each P entry is relative to the entry before it in its
+    GOP, and an entry that lands on the same anchor as the one before it is dropped (a fusion
+    shorter than the anchor spacing). Every GOP starts with an I-frame, an anchor, so an entry
+    always has one at or before it; the next GOP's I-frame (``gop_starts``) is never taken.
     """
     positions = np.asarray(anchors)
+    starts = np.asarray(gop_starts)
     entries: list[PlanEntry] = []
     for entry in plan.entries:
-        index = int(positions[np.searchsorted(positions, entry.index, side="right") - 1])
+        at = int(np.searchsorted(positions, entry.index, side="right"))
+        index = int(positions[at - 1])  # the last anchor at or before the entry
+        after = np.searchsorted(starts, entry.index, side="right")
+        next_gop = int(starts[after]) if after < len(starts) else None
+        if at < len(positions) and positions[at] != next_gop:
+            later = int(positions[at])
+            index = later if later - entry.index < entry.index - index else index
         previous = entries[-1] if entries and entries[-1].gop == entry.gop else None
         if previous is not None and previous.index == index:
             continue

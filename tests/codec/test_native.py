@@ -168,22 +168,28 @@ def test_bad_native_options_exit_2_in_one_line(args, message, clip_dir, tmp_path
     assert child.stderr.count("\n") == 1 and message in child.stderr, child.stderr
 
 
-def test_plan_slots_move_to_the_last_anchor_before_them():
-    anchors = [0, 3, 6, 9, 10, 12]  # I B B P B B P B B P P B P
+def test_plan_slots_move_to_the_nearest_anchor_of_their_gop():
+    anchors = [0, 3, 6, 9, 10, 12, 15, 18]  # I B B P B B P B B P P B P B B | I B B P
     plan = TokenPlan(
         (
             PlanEntry(FrameKind.I, 0, 0),
-            PlanEntry(FrameKind.P, 2, 0, ref_index=0),  # → 0, the I-frame's anchor: dropped
-            PlanEntry(FrameKind.P, 4, 0, ref_index=2),  # → 3, relative to 0
-            PlanEntry(FrameKind.I, 8, 0),  # an extra keyframe → 6
-            PlanEntry(FrameKind.P, 11, 0, ref_index=8),  # → 10, relative to 6
+            PlanEntry(FrameKind.P, 2, 0, ref_index=0),  # → 3, nearer than 0
+            PlanEntry(FrameKind.P, 4, 0, ref_index=2),  # → 3 again: dropped
+            PlanEntry(FrameKind.I, 8, 0),  # an extra keyframe → 9
+            PlanEntry(FrameKind.P, 11, 0, ref_index=8),  # 10 and 12 as near: the earlier
+            PlanEntry(FrameKind.P, 14, 0, ref_index=11),  # → 12: 15 starts the next GOP
+            PlanEntry(FrameKind.I, 15, 1),
+            PlanEntry(FrameKind.P, 17, 1, ref_index=15),  # → 18
         )
     )
-    assert snap_to_anchors(plan, anchors).entries == (
+    assert snap_to_anchors(plan, anchors, [0, 15]).entries == (
         PlanEntry(FrameKind.I, 0, 0),
         PlanEntry(FrameKind.P, 3, 0, ref_index=0),
-        PlanEntry(FrameKind.I, 6, 0),
-        PlanEntry(FrameKind.P, 10, 0, ref_index=6),
+        PlanEntry(FrameKind.I, 9, 0),
+        PlanEntry(FrameKind.P, 10, 0, ref_index=9),
+        PlanEntry(FrameKind.P, 12, 0, ref_index=10),
+        PlanEntry(FrameKind.I, 15, 1),
+        PlanEntry(FrameKind.P, 18, 1, ref_index=15),
     )
 
 

@@ -59,7 +59,7 @@ def run(args: list[str], capsys) -> tuple[int, dict | None]:
 
 
 def assert_same_visual(a: VisualInput, b: VisualInput) -> None:
-    assert a.kinds == b.kinds and a.indices == b.indices
+    assert a.kinds == b.kinds and a.indices == b.indices and a.times == b.times
     for name in ("frames", "mv", "residual"):
         x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y), name
@@ -121,7 +121,7 @@ def test_cache_serves_every_plan_exactly_like_the_raw_video(videos, tmp_path, ca
         video = open_video(path, CANONICAL, cache_dir=tmp_path / "transcodes")
         for k in (1, 2, 4, "dense"):
             raw = VisualInput.from_entries(
-                video.entries(video.plan(FUSION, 4 if k == "dense" else k)), SIDE, SIDE
+                video.entries(video.plan(FUSION, 4 if k == "dense" else k)), SIDE, SIDE, CANONICAL.fps
             )
             cached = visual_input_from_cache(entry, k)
             assert_same_visual(cached, raw)
@@ -130,7 +130,7 @@ def test_cache_serves_every_plan_exactly_like_the_raw_video(videos, tmp_path, ca
         jittered = Sampling(keyframes_per_gop=2, fusion=FUSION, keyframe_jitter=True).plan(
             FRAMES, [0, 20, 40], GOP, rng=np.random.default_rng(3)
         )
-        raw = VisualInput.from_entries(video.entries(jittered), SIDE, SIDE)
+        raw = VisualInput.from_entries(video.entries(jittered), SIDE, SIDE, CANONICAL.fps)
         assert_same_visual(entry.visual_input(jittered), raw)
     # Lookup by id works as well as by path; a video never preprocessed is named.
     record = cache.record(videos["good"][1])
@@ -148,7 +148,9 @@ def test_gop_cap_is_recorded_and_applied(videos, tmp_path, capsys):
     entry = SlotCache(out).entry(videos["good"][2])
     assert entry.cached_gops == [0, 2]  # 3 GOPs, cap 2: first and last (uniform)
     video = open_video(videos["good"][2], CANONICAL, cache_dir=tmp_path / "transcodes")
-    raw = VisualInput.from_entries(video.entries(video.plan(FUSION, 2, max_gops=2)), SIDE, SIDE)
+    raw = VisualInput.from_entries(
+        video.entries(video.plan(FUSION, 2, max_gops=2)), SIDE, SIDE, CANONICAL.fps
+    )
     assert_same_visual(entry.visual_input(entry.plan(2, max_gops=2)), raw)
 
 
@@ -203,5 +205,5 @@ def test_ray_backend_same_job(videos, tmp_path, capsys):
         ray.shutdown()
     entry = SlotCache(out).entry(videos["good"][0])
     video = open_video(videos["good"][0], CANONICAL, cache_dir=tmp_path / "transcodes")
-    raw = VisualInput.from_entries(video.entries(video.plan(FUSION, 4)), SIDE, SIDE)
+    raw = VisualInput.from_entries(video.entries(video.plan(FUSION, 4)), SIDE, SIDE, CANONICAL.fps)
     assert_same_visual(visual_input_from_cache(entry, 4), raw)

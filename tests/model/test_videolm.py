@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -292,8 +293,8 @@ def sample_with_answer(model, visual: VisualInput, answer: str) -> tuple[torch.T
 def test_training_forward_loss_masks_and_gradients(model, video, encoded):
     dense_frames = [IFrame(i, 0.0, 0, rgb) for i, rgb in video.dense_frames(3)]
     visuals = [
-        VisualInput.from_entries(video.entries(encoded.plan), 48, 48),
-        VisualInput.from_entries(dense_frames, 48, 48),
+        VisualInput.from_entries(video.entries(encoded.plan), 48, 48, video.info.fps),
+        VisualInput.from_entries(dense_frames, 48, 48, video.info.fps),
     ]
     samples = [
         sample_with_answer(model, visuals[0], "the ball moves left"),
@@ -342,7 +343,9 @@ def test_stage0_model_without_delta_encoder(video):
     model = tiny_random(
         image_size=56, canonical_side=48, canonical_gop=30, fusion=5, with_delta_encoder=False
     )
-    dense = VisualInput.from_entries([IFrame(i, 0.0, 0, rgb) for i, rgb in video.dense_frames(2)], 48, 48)
+    dense = VisualInput.from_entries(
+        [IFrame(i, 0.0, 0, rgb) for i, rgb in video.dense_frames(2)], 48, 48, video.info.fps
+    )
     ids, labels = sample_with_answer(model, dense, "red")
     assert model([ids], [labels], [dense]).num_tokens == 2
     with pytest.raises(CopeInputError, match="no Δ-encoder"):
@@ -498,7 +501,9 @@ def test_a_batch_embeds_in_one_pass_like_each_video_alone(clip_dir):
     for k, (dx, frames) in enumerate([(1.0, 61), (-2.0, 31)]):
         video = open_video(write_translation_clip(clip_dir / f"batch{k}.mp4", frames, dx), settings)
         plan = video.plan(fusion=5, keyframes_per_gop=2 - k)
-        visuals.append(VisualInput.from_entries(video.entries(plan), settings.height, settings.width))
+        visuals.append(
+            VisualInput.from_entries(video.entries(plan), settings.height, settings.width, settings.fps)
+        )
     visuals.append(visuals[0].without_deltas())
     for zero in (False, True):
         with torch.inference_mode():
@@ -507,3 +512,45 @@ def test_a_batch_embeds_in_one_pass_like_each_video_alone(clip_dir):
         assert [b.shape for b in batched] == [a.shape for a in alone]
         for b, a in zip(batched, alone, strict=True):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def with_time_words(model) -> CopeVideoLM:
+    """The same weights with ``CopeConfig.time_words`` on."""
+    config = replace(model.config, time_words=True)
+    return CopeVideoLM(config, model.base, model.tokenizer, model.delta_encoder, name="timed")
+
+
+def test_time_words_stamp_each_block_with_its_seconds(model):
+    timed = with_time_words(model)
+    with torch.inference_mode():
+        digit = {
+            d: timed.embed_text(
+                timed.tokenizer(d, add_special_tokens=False, return_tensors="pt").input_ids[0]
+            )[0]
+            for d in "0125"
+        }
+        stamps = timed.time_stamps(("I", "P", "P", "I"), (0.0, 1.0, 2.5, 12.0))
+    expected = [digit["0"]] * IMAGE_TOKENS
+    expected += [(digit["0"] + digit["1"]) / 2] * DELTA_TOKENS  # a Δ-frame: its start and its end
+    expected += [(digit["1"] + digit["2"]) / 2] * DELTA_TOKENS  # 2.5 s is second 2
+    expected += [(digit["1"] + digit["2"]) / 2] * IMAGE_TOKENS  # 12 is written "1 2"
+    torch.testing.assert_close(stamps, torch.stack(expected))
+
+
+def test_time_words_streamed_encoding_equals_the_training_embedding(model, video, encoded):
+    """encode_video (chunked: 4 frames / 3 Δ-frames per call, the start of a Δ-frame carried over)
+    and embed_visual of the same entries give the same stamped sequence; the stamps are added to
+    the plain blocks, and every mode is stamped."""
+    timed = with_time_words(model)
+    for mode in ("cope", "dense", "iframes-only", "delta-zero"):
+        stamped = timed.encode_video(video, mode)
+        plain = encoded if mode == "cope" else model.encode_video(video, mode)
+        kinds = [e.kind for e in stamped.plan.entries]
+        times = [e.index / video.info.fps for e in stamped.plan.entries]
+        with torch.inference_mode():
+            torch.testing.assert_close(stamped.embeds, plain.embeds + timed.time_stamps(kinds, times))
+    with torch.inference_mode():
+        visual = VisualInput.from_entries(video.entries(encoded.plan), 48, 48, video.info.fps)
+        torch.testing.assert_close(timed.embed_visual(visual), timed.encode_video(video, "cope").embeds)
+        with pytest.raises(ValueError, match="time of every visual entry"):
+            timed.embed_visual(replace(visual, times=()))

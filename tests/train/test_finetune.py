@@ -193,13 +193,16 @@ def test_lora_stage2_and_dense_stage0(tmp_path, motionqa_mix, shared_cache):
         max_steps=2,
         learning_rate=1e-2,
     )
-    assert main(["finetune", str(lora), "--set", "data.eval_mix=''"]) == 0
+    # With time words on: the slot cache's entries carry their times into the training embedding.
+    assert main(["finetune", str(lora), "--set", "data.eval_mix=''", "--set", "model.time_words=true"]) == 0
     run = tmp_path / "lora" / "run"
     saved = tf.checkpoint_weights(run / "checkpoints" / "step-00000002")
     adapters = {k: v for k, v in saved.items() if not k.endswith(BUFFERS)}
     assert adapters and all(".lora_A." in k or ".lora_B." in k for k in adapters)
     before = initial_model(lora).state_dict()
-    after = final_model(run).state_dict()  # loads without peft: adapters merged
+    trained = final_model(run)
+    assert trained.config.time_words
+    after = trained.state_dict()  # loads without peft: adapters merged
     # The frozen Δ-encoder ran in eval mode: its batch-norm statistics did not move either.
     assert not any(changed(before, after, "delta_encoder."))
     q = "base.model.language_model.layers.0.self_attn.q_proj.weight"
@@ -220,5 +223,5 @@ def test_lora_stage2_and_dense_stage0(tmp_path, motionqa_mix, shared_cache):
     )
     assert main(["finetune", str(dense), "--set", "data.mode=dense", "--set", "data.eval_mix=''"]) == 0
     stage0 = final_model(tmp_path / "dense" / "run")
-    assert stage0.delta_encoder is None and stage0.config.mode == "dense"
+    assert stage0.delta_encoder is None and stage0.config.mode == "dense" and not stage0.config.time_words
     assert not (tmp_path / "dense" / "run" / "final" / "delta_encoder.safetensors").exists()

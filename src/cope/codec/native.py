@@ -10,7 +10,7 @@ source's encoder already chose (FFmpeg's ``export_mvs``), which saves the transc
   ``skip_frame`` NONREF), reference B-frames (x264's B-pyramid) are, for the decoder's sake.
 * **Plan.** The source's I-frames start its GOPs (no fixed GOP); the plan's slots are laid out
   as on the canonical stream (every ``fusion`` frames of the source's own frame rate), then each
-  moves to the last anchor at or before it (``plan.snap_to_anchors``).
+  moves to the nearest anchor of its GOP (``plan.snap_to_anchors``).
 * **Motion.** Each P-frame's forward vectors (quarter-pel for H.264; 16×16 to 8×8 partitions)
   are composed along the chain of anchors in decode order, as on the canonical stream
   (``fusion.MotionAccumulator``). FFmpeg does not export which reference a vector points into, so
@@ -480,12 +480,14 @@ class NativeVideo(CodecVideo):
 
     def plan(self, fusion: int = 30, keyframes_per_gop: int = 1, max_gops: int = MAX_GOPS) -> TokenPlan:
         """The CoPE plan on the source's anchors (``plan.snap_to_anchors``)."""
-        return snap_to_anchors(super().plan(fusion, keyframes_per_gop, max_gops), self.anchors)
+        return snap_to_anchors(
+            super().plan(fusion, keyframes_per_gop, max_gops), self.anchors, self.scan.gop_starts
+        )
 
     def standard_plans(self, fusion: int = 30) -> dict[str, TokenPlan]:
         plans = super().standard_plans(fusion)
         return {
-            name: plan if name == "dense64" else snap_to_anchors(plan, self.anchors)
+            name: plan if name == "dense64" else snap_to_anchors(plan, self.anchors, self.scan.gop_starts)
             for name, plan in plans.items()
         }
 

@@ -141,9 +141,10 @@ class SlotEntry:
     num_frames: int
     gop_size: int  # nominal GOP the plans use (CodecVideo.plan_gop)
     fusion: int
+    fps: float  # the canonical stream's frame rate: slot index / fps = seconds
 
     @classmethod
-    def from_npz(cls, source: str, data: np.lib.npyio.NpzFile) -> SlotEntry:
+    def from_npz(cls, source: str, data: np.lib.npyio.NpzFile, fps: float) -> SlotEntry:
         missing = [name for name in ENTRY_ARRAYS if name not in data.files]
         if missing:
             raise ValueError(f"{source}: cache entry lacks arrays {missing}")
@@ -159,6 +160,7 @@ class SlotEntry:
             num_frames=int(data["num_frames"][0]),
             gop_size=int(data["gop_size"][0]),
             fusion=int(data["fusion"][0]),
+            fps=fps,
         )
 
     @property
@@ -212,6 +214,7 @@ class SlotEntry:
             mv=torch.from_numpy(self.mv_halfpel[mvs].astype(np.float32) * 0.5),
             residual=torch.from_numpy(np.ascontiguousarray(self.residual[residuals])),
             source=str(self.source),
+            times=tuple(index / self.fps for index in indices),
         )
 
 
@@ -357,7 +360,7 @@ class SlotCache:
         if len(data) != record["length"]:
             raise CopeInputError(f"{shard}: truncated (entry of {record['source']} is incomplete)")
         with np.load(io.BytesIO(data)) as npz:
-            return SlotEntry.from_npz(record["source"], npz)
+            return SlotEntry.from_npz(record["source"], npz, self.settings.canonical.fps)
 
 
 # --- write side: one video's entry, and shards of many entries --------------------------------

@@ -417,5 +417,7 @@ class InstructionDataset(torch.utils.data.Dataset):
         opened = open_video(video, self.config.canonical, cache_dir=self.config.transcode_cache)
         scan = opened.scan
         plan = sampling.plan(scan.num_frames, scan.gop_starts, nominal_gop(opened, sampling.fusion), rng=rng)
-        visual = VisualInput.from_entries(opened.entries(plan), opened.info.height, opened.info.width)
+        visual = VisualInput.from_entries(
+            opened.entries(plan), opened.info.height, opened.info.width, opened.info.fps
+        )
         return visual, plan

@@ -141,10 +141,11 @@ def visual_input(model, video, config: BenchConfig):
         dense_frames,
     )
     if config.mode == "dense":
-        entries = (IFrame(index, 0.0, 0, rgb) for index, rgb in video.dense_frames(dense_frames))
+        fps = video.info.fps
+        entries = (IFrame(index, index / fps, 0, rgb) for index, rgb in video.dense_frames(dense_frames))
     else:
         entries = video.entries(decoded)
-    return VisualInput.from_entries(entries, video.info.height, video.info.width), plan
+    return VisualInput.from_entries(entries, video.info.height, video.info.width, video.info.fps), plan
 
 
 def answer_ids(model, count: int) -> torch.Tensor:

@@ -27,6 +27,9 @@ class VisualInput:
     # The video the entries come from when they are read from a slot cache: with ``indices`` it
     # names each RGB frame, so training can reuse a frozen tower's features (``TowerFeatureMemo``).
     source: str | None = None
+    # Each entry's time, display index / the stream's fps, in seconds; () = not known. Models with
+    # ``CopeConfig.time_words`` need them.
+    times: tuple[float, ...] = ()
 
     @property
     def num_rgb(self) -> int:
@@ -37,11 +40,14 @@ class VisualInput:
         return self.kinds.count("P")
 
     @classmethod
-    def from_entries(cls, entries: Iterable[IFrame | PFrame], height: int, width: int) -> VisualInput:
-        """Stack codec entries (``CodecVideo.entries(plan)``) into tensors."""
-        kinds, indices, frames, mvs, residuals = [], [], [], [], []
+    def from_entries(
+        cls, entries: Iterable[IFrame | PFrame], height: int, width: int, fps: float
+    ) -> VisualInput:
+        """Stack codec entries (``CodecVideo.entries(plan)``) of a ``fps`` stream into tensors."""
+        kinds, indices, times, frames, mvs, residuals = [], [], [], [], [], []
         for entry in entries:
             indices.append(entry.index)
+            times.append(entry.index / fps)
             if isinstance(entry, IFrame):
                 kinds.append("I")
                 frames.append(entry.rgb)
@@ -55,6 +61,7 @@ class VisualInput:
             frames=_stack(frames, (height, width, 3), np.uint8),
             mv=_stack(mvs, (height, width, 2), np.float32),
             residual=_stack(residuals, (height, width, 3), np.int16),
+            times=tuple(times),
         )
 
     def without_deltas(self) -> VisualInput:
@@ -67,6 +74,7 @@ class VisualInput:
             mv=self.mv[:0],
             residual=self.residual[:0],
             source=self.source,
+            times=tuple(self.times[i] for i in keep) if self.times else (),
         )
 
 

@@ -67,6 +67,8 @@ class Stage2ModelConfig:
     # A frozen tower's features of each cached frame are computed once per run and kept in memory
     # (cope.model.videolm.tower_memo); the projector still trains on every step.
     cache_tower_features: bool = True
+    # CopeConfig.time_words for the trained model: true / false, or null to keep the base's.
+    time_words: bool | None = None
 
     def __post_init__(self):
         unknown = [p for p in self.train_parts if p not in PARTS]
@@ -134,6 +136,7 @@ def build_videolm(config: Stage2ModelConfig, data: Stage2DataConfig, seed: int):
         delta_encoder=None if encoder is None else encoder.config.to_dict(),
         mode="cope" if encoder is not None else "dense",
         train_vision_tower="vision_tower" in config.train_parts,
+        time_words=model.config.time_words if config.time_words is None else config.time_words,
     )
     model = CopeVideoLM(
         cope_config, model.base, model.tokenizer, encoder, name=model.name, base_source=model.base_source

@@ -58,6 +58,11 @@ class CopeConfig:
     vision_batch_size: int = 16  # frames per vision-tower call (bounds activation memory)
     delta_batch_size: int = 64  # P-frames per Δ-encoder call
     train_vision_tower: bool = False  # False (LLaVA-Video, paper): the SigLIP tower stays frozen
+    # Time stamps in the LLM's own words: every position of a visual block gets the input embedding
+    # of its second (an RGB frame: the second it shows; a Δ-frame: the mean of the seconds it
+    # starts and ends at), written in digits, added. A question about "second 3" then names the
+    # blocks it is about with the same token. Off in the paper and in LLaVA-Video.
+    time_words: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.layout, dict):

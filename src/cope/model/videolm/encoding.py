@@ -110,13 +110,13 @@ def encode_video(
         raise CopeInputError(
             f"{model.name}: this model has no Δ-encoder; read the video in mode dense, iframes-only or delta-zero"
         )
-    encoder = _StreamingEncoder(model, plan, zero_deltas=mode == "delta-zero")
+    encoder = _StreamingEncoder(model, plan, video.info.fps, zero_deltas=mode == "delta-zero")
     start = time.perf_counter()
     with torch.inference_mode():
         entries: Iterator[IFrame | PFrame | PlanEntry]
         if mode == "dense":
             entries = (
-                IFrame(index, 0.0, 0, rgb)
+                IFrame(index, index / video.info.fps, 0, rgb)
                 for index, rgb in video.dense_frames(dense_frames or config.dense_frames)
             )
         else:
@@ -152,8 +152,10 @@ def _with_zeroed_deltas(plan: TokenPlan, keyframes):
 class _StreamingEncoder:
     """Collects entries, embeds them in chunks, writes the blocks into one preallocated tensor."""
 
-    def __init__(self, model, plan: TokenPlan, zero_deltas: bool):
+    def __init__(self, model, plan: TokenPlan, fps: float, zero_deltas: bool):
         self.model = model
+        self.fps = fps  # display index / fps = an entry's time (CopeConfig.time_words)
+        self.last_time: float | None = None  # the time of the last entry embedded
         self.zero_deltas = zero_deltas
         self.layout = model.config.layout
         total = plan.tokens(self.layout)
@@ -197,6 +199,10 @@ class _StreamingEncoder:
             residual = _stack([e.residual for e in deltas], np.float32)
             delta_blocks = self._timed("delta_s", model.delta_tokens, mv, residual)
         block = interleave(kinds, image_blocks, delta_blocks)  # (n, D)
+        times = [e.index / self.fps for e in self.pending]
+        if model.config.time_words:
+            block = block + model.time_stamps(kinds, times, before=self.last_time)
+        self.last_time = times[-1]
         self.embeds[self.filled : self.filled + block.shape[0]] = block
         self.filled += block.shape[0]
         self.pending, self.pending_rgb, self.pending_delta = [], 0, 0
@@ -234,7 +240,7 @@ def encode_source_frames(model, path: str | Path, num_samples: int | None = None
     with SourceFrames(path, config.canonical) as source:
         total = source.frames
         plan = dense_plan(total, num_samples or config.dense_frames)
-        encoder = _StreamingEncoder(model, plan, zero_deltas=False)
+        encoder = _StreamingEncoder(model, plan, config.canonical.fps, zero_deltas=False)
         with torch.inference_mode():
             for index, rgb in source.read([entry.index for entry in plan.entries]):
                 encoder.add(IFrame(index, index / config.canonical.fps, 0, rgb))

@@ -254,10 +254,39 @@ class CopeVideoLM(nn.Module):
             delta_blocks = self.delta_tokens(mv, residual)  # (ΣnP, Tp, D)
         images = image_blocks.split([v.num_rgb for v in visuals])
         deltas = delta_blocks.split([v.num_delta for v in visuals]) if delta_blocks is not None else None
-        return [
+        embeds = [
             interleave(v.kinds, images[i], deltas[i] if deltas is not None and v.num_delta else None)
             for i, v in enumerate(visuals)
         ]
+        if self.config.time_words:
+            embeds = [e + self.time_stamps(v.kinds, v.times) for e, v in zip(embeds, visuals, strict=True)]
+        return embeds
+
+    def time_stamps(
+        self, kinds: Sequence[str], times: Sequence[float], before: float | None = None
+    ) -> torch.Tensor:
+        """(T, D): each visual entry's ``time_words`` stamp, repeated over the entry's positions.
+
+        An RGB frame at t s is stamped with the input embedding of the digits of ⌊t⌋; a Δ-frame with
+        the mean of its start's and its end's: its start is the previous entry's time (``before``
+        for the first entry, when the entries continue a longer sequence).
+        """
+        if len(times) != len(kinds):
+            raise ValueError(f"{self.name}: time_words needs the time of every visual entry")
+        layout = self.config.layout
+        stamps = []
+        for kind, t in zip(kinds, times, strict=True):
+            seconds = [t] if kind == "I" or before is None else [before, t]
+            stamps.append(torch.stack([self._second_embedding(int(s)) for s in seconds]).mean(0))
+            before = t
+        lengths = [layout.iframe_tokens if kind == "I" else layout.pframe_tokens for kind in kinds]
+        repeats = torch.tensor(lengths, device=self.device)
+        return torch.stack(stamps).to(self.dtype).repeat_interleave(repeats, dim=0)
+
+    def _second_embedding(self, second: int) -> torch.Tensor:
+        """(D,): the mean input embedding of the digits of ``second`` (12 → "1 2")."""
+        ids = self.tokenizer(" ".join(str(second)), add_special_tokens=False).input_ids
+        return self.embed_text(torch.tensor(ids)).mean(0)
 
     def _empty(self, positions: int) -> torch.Tensor:
         return torch.zeros(0, positions, self.hidden_size, device=self.device, dtype=self.dtype)
