@@ -17,8 +17,7 @@ from cope.motionqa.records import chat_records, clip_records, question_stats
 from cope.motionqa.render import FPS, Scene, render_frames, write_video
 from cope.motionqa.spec import SPLITS
 
-# 2: two per-second motion turns per training conversation, not six; 3: each drawn balanced over answers
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "2"  # 2: two per-second motion turns per training conversation, not six
 
 
 @dataclass(frozen=True)
