@@ -553,4 +553,4 @@ def test_time_words_streamed_encoding_equals_the_training_embedding(model, video
         visual = VisualInput.from_entries(video.entries(encoded.plan), 48, 48, video.info.fps)
         torch.testing.assert_close(timed.embed_visual(visual), timed.encode_video(video, "cope").embeds)
         with pytest.raises(ValueError, match="time of every visual entry"):
-            timed.embed_visual(replace(visual, times=()))
+            timed.embed_visual(replace(visual, fps=None))

@@ -214,7 +214,7 @@ class SlotEntry:
             mv=torch.from_numpy(self.mv_halfpel[mvs].astype(np.float32) * 0.5),
             residual=torch.from_numpy(np.ascontiguousarray(self.residual[residuals])),
             source=str(self.source),
-            times=tuple(index / self.fps for index in indices),
+            fps=self.fps,
         )
 
 
@@ -226,7 +226,7 @@ def nominal_gop(video, fusion: int) -> int:
 def visual_input_from_cache(entry: SlotEntry, keyframes_per_gop: int | Literal["dense"]):
     """The ``VisualInput`` of the K-keyframes-per-GOP plan (or ``"dense"``: every slot RGB).
 
-    Equal, array for array, to ``VisualInput.from_entries(video.entries(video.plan(fusion, K)))``
+    Equal, array for array, to ``VisualInput.from_entries(video.entries(video.plan(fusion, K)), H, W, fps)``
     on the raw video; iframes-only is ``.without_deltas()`` of the result.
     """
     return entry.visual_input(entry.plan(keyframes_per_gop))

@@ -27,9 +27,14 @@ class VisualInput:
     # The video the entries come from when they are read from a slot cache: with ``indices`` it
     # names each RGB frame, so training can reuse a frozen tower's features (``TowerFeatureMemo``).
     source: str | None = None
-    # Each entry's time, display index / the stream's fps, in seconds; () = not known. Models with
-    # ``CopeConfig.time_words`` need them.
-    times: tuple[float, ...] = ()
+    # The stream's frame rate, which gives each entry's time (``times``); None = not known. Models
+    # with ``CopeConfig.time_words`` need it.
+    fps: float | None = None
+
+    @property
+    def times(self) -> tuple[float, ...]:
+        """Each entry's time in seconds, display index / fps; () when the frame rate is not known."""
+        return () if self.fps is None else tuple(index / self.fps for index in self.indices)
 
     @property
     def num_rgb(self) -> int:
@@ -44,10 +49,9 @@ class VisualInput:
         cls, entries: Iterable[IFrame | PFrame], height: int, width: int, fps: float
     ) -> VisualInput:
         """Stack codec entries (``CodecVideo.entries(plan)``) of a ``fps`` stream into tensors."""
-        kinds, indices, times, frames, mvs, residuals = [], [], [], [], [], []
+        kinds, indices, frames, mvs, residuals = [], [], [], [], []
         for entry in entries:
             indices.append(entry.index)
-            times.append(entry.index / fps)
             if isinstance(entry, IFrame):
                 kinds.append("I")
                 frames.append(entry.rgb)
@@ -61,7 +65,7 @@ class VisualInput:
             frames=_stack(frames, (height, width, 3), np.uint8),
             mv=_stack(mvs, (height, width, 2), np.float32),
             residual=_stack(residuals, (height, width, 3), np.int16),
-            times=tuple(times),
+            fps=fps,
         )
 
     def without_deltas(self) -> VisualInput:
@@ -74,7 +78,7 @@ class VisualInput:
             mv=self.mv[:0],
             residual=self.residual[:0],
             source=self.source,
-            times=tuple(self.times[i] for i in keep) if self.times else (),
+            fps=self.fps,
         )
 
 

@@ -155,7 +155,7 @@ class _StreamingEncoder:
     def __init__(self, model, plan: TokenPlan, fps: float, zero_deltas: bool):
         self.model = model
         self.fps = fps  # display index / fps = an entry's time (CopeConfig.time_words)
-        self.last_time: float | None = None  # the time of the last entry embedded
+        self.last_time: float | None = None  # the time of the last entry stamped (time_words)
         self.zero_deltas = zero_deltas
         self.layout = model.config.layout
         total = plan.tokens(self.layout)
@@ -199,10 +199,10 @@ class _StreamingEncoder:
             residual = _stack([e.residual for e in deltas], np.float32)
             delta_blocks = self._timed("delta_s", model.delta_tokens, mv, residual)
         block = interleave(kinds, image_blocks, delta_blocks)  # (n, D)
-        times = [e.index / self.fps for e in self.pending]
         if model.config.time_words:
+            times = [e.index / self.fps for e in self.pending]
             block = block + model.time_stamps(kinds, times, before=self.last_time)
-        self.last_time = times[-1]
+            self.last_time = times[-1]
         self.embeds[self.filled : self.filled + block.shape[0]] = block
         self.filled += block.shape[0]
         self.pending, self.pending_rgb, self.pending_delta = [], 0, 0

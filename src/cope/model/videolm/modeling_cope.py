@@ -274,11 +274,14 @@ class CopeVideoLM(nn.Module):
         if len(times) != len(kinds):
             raise ValueError(f"{self.name}: time_words needs the time of every visual entry")
         layout = self.config.layout
-        stamps = []
+        spans = []  # the whole seconds each entry is stamped with
         for kind, t in zip(kinds, times, strict=True):
-            seconds = [t] if kind == "I" or before is None else [before, t]
-            stamps.append(torch.stack([self._second_embedding(int(s)) for s in seconds]).mean(0))
+            spans.append([int(t)] if kind == "I" or before is None else [int(before), int(t)])
             before = t
+        # Each second is embedded once: a Δ-frame's end second is the next one's start.
+        seconds = {second for span in spans for second in span}
+        words = {second: self._second_embedding(second) for second in seconds}
+        stamps = [torch.stack([words[second] for second in span]).mean(0) for span in spans]
         lengths = [layout.iframe_tokens if kind == "I" else layout.pframe_tokens for kind in kinds]
         repeats = torch.tensor(lengths, device=self.device)
         return torch.stack(stamps).to(self.dtype).repeat_interleave(repeats, dim=0)
