@@ -6,63 +6,15 @@ import pytest
 
 from cope.model.videolm import GenerationConfig, Timings, tiny_random
 from cope.model.videolm.batching import BatchDecoder
-from cope.model.videolm.generation import AnswerBuilder, cached_length, new_cache, prefill
-from tests.model.support import random_video
+from cope.model.videolm.generation import AnswerBuilder, cached_length, prefill
+from tests.model.support import QUESTIONS, decode_batched, random_video, requests, start
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-QUESTIONS = ("what is moving ?", "which direction ?", "how many objects ?", "what color is the ball ?")
 
 
 @pytest.fixture(scope="module", params=["qwen2", "llama"])
 def model(request):
     return tiny_random(seed=0, text_model=request.param)
-
-
-def requests(model, count: int, longest: int = 60):
-    """``count`` different prompts (videos of different lengths, different questions) and configs."""
-    out = []
-    for i in range(count):
-        video = random_video(model, positions=10 + (longest - 10) * i // max(count - 1, 1), seed=i)
-        config = GenerationConfig(max_new_tokens=6 + 3 * i, min_tokens=2 * (i % 2))
-        out.append((model.build_prompt(video, QUESTIONS[i % len(QUESTIONS)]), config))
-    return out
-
-
-def start(model, prompt, config: GenerationConfig):
-    """Prefill alone and choose the first token: (its own cache, builder, first token)."""
-    cache = new_cache(model)
-    builder = AnswerBuilder(model, config)
-    token = builder.choose(prefill(model, cache, prompt.inputs_embeds, None, lambda: False))
-    builder.accept(token)
-    return cache, builder, token
-
-
-def decode_batched(model, work, max_batch: int, cancel: dict[int, int] | None = None, decoder=None):
-    """Run ``work`` [(prompt, config)] through one batch, joining in order as rows free up; the token
-    ids of each. ``cancel``: request index → steps after which it leaves unfinished."""
-    decoder = BatchDecoder(model, max_batch) if decoder is None else decoder
-    cancel = cancel or {}
-    waiting, answers, index_of, steps = list(enumerate(work)), {}, {}, {}
-    while waiting or len(decoder):
-        while waiting and decoder.has_room:
-            index, (prompt, config) = waiting.pop(0)
-            cache, builder, token = start(model, prompt, config)
-            if builder.finish_reason is not None:
-                answers[index] = builder.token_ids
-                continue
-            sequence = decoder.join(cache, builder, token, prompt.prompt_tokens + config.max_new_tokens)
-            index_of[id(sequence)], steps[index] = index, 0
-        leaving = []
-        for sequence, _ in decoder.step():
-            index = index_of[id(sequence)]
-            steps[index] += 1
-            if sequence.builder.finish_reason is not None or steps[index] == cancel.get(index):
-                leaving.append(sequence)
-                answers[index] = sequence.builder.token_ids
-        for sequence in leaving:
-            decoder.leave(sequence)
-    return [answers[i] for i in range(len(work))]
 
 
 def test_batched_greedy_answers_equal_sequential_ones(model):
