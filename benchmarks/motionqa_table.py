@@ -13,15 +13,15 @@ Prints one JSON object; ``--out DIR`` also writes table.json, table.md and table
 visual tokens).
 
     python benchmarks/motionqa_table.py --base build/tiny/stage0/final --cope build/tiny/stage2/final \\
-        --no-stage1 build/tiny/stage2-no-stage1/final [--free-queries DIR] --out build/tiny/table
+        --with-stage1 build/tiny/stage2-with-stage1/final [--free-queries DIR] --out build/tiny/table
 
 Rows (each model reads the test clips through the ``cope preprocess`` slot cache, which holds
 exactly what ``open_video`` + ``CodecVideo.entries`` give for the same canonical settings):
 * base model (stage 0, dense RGB training): dense (all 8 one-second slots as RGB) and
   keyframes-only at 1/2/4 keyframes per GOP — the LLaVA-Video rows of Table 1;
-* CoPE (stages 0 → 1 → 2): 1/2/4 keyframes + Δ-frames (Table 1), the same keyframes without
-  Δ-tokens (H.4), Δ-tokens zeroed at 1 keyframe (H.3), and dense RGB;
-* CoPE without stage 1 (H.2): 1 keyframe + Δ-frames;
+* CoPE (stages 0 → 2; CoPE-Tiny skips stage 1): 1/2/4 keyframes + Δ-frames (Table 1), the same
+  keyframes without Δ-tokens (H.4), Δ-tokens zeroed at 1 keyframe (H.3), and dense RGB;
+* CoPE with stage 1 (stages 0 → 1 → 2, the paper's recipe; H.2): 1 keyframe + Δ-frames;
 * CoPE with the paper's free-query Δ-encoder, trained by the same recipe (``--free-queries``):
   1 keyframe + Δ-frames, Δ zeroed and I-frames only.
 Scoring: the primary columns are forced choice (``cope.eval.choice``: the option with the highest
@@ -61,7 +61,7 @@ ROWS = [
     ("CoPE k2, I-frames only (H.4)", "cope", 2, "none"),
     ("CoPE k4, I-frames only (H.4)", "cope", 4, "none"),
     ("CoPE dense RGB", "cope", "dense", "none"),
-    ("CoPE k1 + Δ, no stage 1 (H.2)", "no_stage1", 1, "delta"),
+    ("CoPE k1 + Δ, with stage 1 (H.2)", "with_stage1", 1, "delta"),
     ("CoPE k1 + Δ, free queries", "free_queries", 1, "delta"),
     ("CoPE k1, Δ zeroed, free queries", "free_queries", 1, "zero"),
     ("CoPE k1, I-frames only, free queries", "free_queries", 1, "none"),
@@ -244,7 +244,7 @@ def plot(rows: list[dict], guess: dict, path: Path) -> None:
     styles = {
         "base": ("s", "tab:gray"),
         "cope": ("o", "tab:blue"),
-        "no_stage1": ("^", "tab:orange"),
+        "with_stage1": ("^", "tab:orange"),
         "free_queries": ("D", "tab:green"),
     }
     for r in rows:
@@ -289,7 +289,9 @@ def main() -> int:
     )
     parser.add_argument("--base", help="the stage-0 (dense) model")
     parser.add_argument("--cope", help="the stage-2 CoPE model")
-    parser.add_argument("--no-stage1", dest="no_stage1", help="stage 2 trained without stage 1")
+    parser.add_argument(
+        "--with-stage1", dest="with_stage1", help="stage 2 trained from the stage-1 Δ-encoder"
+    )
     parser.add_argument(
         "--free-queries",
         dest="free_queries",
@@ -319,7 +321,7 @@ def main() -> int:
     paths = {
         "base": args.base,
         "cope": args.cope,
-        "no_stage1": args.no_stage1,
+        "with_stage1": args.with_stage1,
         "free_queries": args.free_queries,
     }
     models = {key: CopeVideoLM.from_pretrained(path) for key, path in paths.items() if path}

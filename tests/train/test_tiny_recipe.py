@@ -1,5 +1,6 @@
-"""A smoke run of the CoPE-Tiny recipe: every step of `make tiny-model`, with its own configs, a few
-steps each on a handful of MotionQA clips, through the same `cope` commands.
+"""A smoke run of the CoPE-Tiny recipe: every step of `make tiny-model` (and the stage-1 ablation of
+`make tiny-table`), with its own configs, a few steps each on a handful of MotionQA clips, through
+the same `cope` commands.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def test_every_step_of_the_recipe_runs_and_learns(recipe):
 
     finetune("stage0-keyframes", "mix-appearance.yaml", 8, r / "tower" / "final")
     finetune("stage0", "mix-train.yaml", 2, r / "stage0-keyframes" / "final")
+    finetune("stage2", "mix-train.yaml", 2, r / "stage0" / "final")  # a fresh Δ-encoder: no stage 1
+    # The paper's recipe, trained by `make tiny-table` for the results table: stage 1, then stage 2 from it.
     run(
         "pretrain",
         CONFIGS / "stage1.yaml",
@@ -122,7 +125,7 @@ def test_every_step_of_the_recipe_runs_and_learns(recipe):
         f"model.vision_encoder={r / 'stage0' / 'final'}",
     )
     finetune(
-        "stage2",
+        "stage2-with-stage1",
         "mix-train.yaml",
         2,
         r / "stage0" / "final",
@@ -135,6 +138,9 @@ def test_every_step_of_the_recipe_runs_and_learns(recipe):
 
     model = CopeVideoLM.from_pretrained(r / "stage2" / "final")
     assert model.delta_encoder is not None and model.config.layout.iframe_tokens == 56
+    assert model.delta_encoder.config.token_grid == (2, 4)  # the fresh encoder is CoPE-Tiny's grid one
+    with_stage1 = CopeVideoLM.from_pretrained(r / "stage2-with-stage1" / "final")
+    assert with_stage1.delta_encoder.config.token_grid == (2, 4)
     tower = CopeVideoLM.from_pretrained(r / "tower" / "final").vision_tower.state_dict()
     for name, tensor in model.vision_tower.state_dict().items():  # frozen after its own step
         assert torch.equal(tensor, tower[name]), name
