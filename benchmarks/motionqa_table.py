@@ -22,8 +22,9 @@ exactly what ``open_video`` + ``CodecVideo.entries`` give for the same canonical
 * CoPE (stages 0 → 2; CoPE-Tiny skips stage 1): 1/2/4 keyframes + Δ-frames (Table 1), the same
   keyframes without Δ-tokens (H.4), Δ-tokens zeroed at 1 keyframe (H.3), and dense RGB;
 * CoPE with stage 1 (stages 0 → 1 → 2, the paper's recipe; H.2): 1 keyframe + Δ-frames;
-* CoPE with the paper's free-query Δ-encoder, trained by the same recipe (``--free-queries``):
-  1 keyframe + Δ-frames, Δ zeroed and I-frames only.
+* CoPE with the paper's free-query Δ-encoder, trained by the paper's recipe (stage 1, then stage 2
+  from it: configs/tiny/stage2-free-queries.yaml; ``--free-queries``): 1 keyframe + Δ-frames, Δ
+  zeroed and I-frames only.
 Scoring: the primary columns are forced choice (``cope.eval.choice``: the option with the highest
 summed log-probability, so every figure sits on top of a known chance level); the free-form
 column generates greedily and scores with ``cope.eval.scoring.score_prediction`` (an answer that
@@ -295,7 +296,7 @@ def main() -> int:
     parser.add_argument(
         "--free-queries",
         dest="free_queries",
-        help="the stage-2 CoPE model with the paper's free-query Δ-encoder, trained by the same recipe",
+        help="the stage-2 CoPE model with the paper's free-query Δ-encoder (trained with stage 1)",
     )
     parser.add_argument("--limit", type=int, default=None, help="first N clips only")
     parser.add_argument(
