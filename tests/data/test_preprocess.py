@@ -154,6 +154,22 @@ def test_gop_cap_is_recorded_and_applied(videos, tmp_path, capsys):
     assert_same_visual(entry.visual_input(entry.plan(2, max_gops=2)), raw)
 
 
+def test_cache_finds_a_video_read_through_a_linked_folder(videos, tmp_path, capsys):
+    """A folder preprocessed under one name and read through a symlink, or the other way round,
+    still hits its entries: the lookup falls back to resolved paths instead of decoding again."""
+    out, link = tmp_path / "cache", tmp_path / "linked-clips"
+    link.symlink_to(videos["folder"], target_is_directory=True)
+    real, linked = videos["good"][1], link / videos["good"][2].name  # listed by these paths
+    listing = tmp_path / "two.txt"
+    listing.write_text(f"{real}\n{linked}\n")
+    assert run([str(listing), "--out", str(out)], capsys)[0] == 0
+    cache = SlotCache(out)
+    assert cache.record(link / real.name)["source"] == str(real)
+    assert cache.record(videos["good"][2])["source"] == str(linked)
+    assert cache.entry(link / real.name).num_frames == FRAMES
+    assert cache.record(link / videos["good"][0].name) is None  # never preprocessed: still a miss
+
+
 def test_bad_list_and_bad_directory_exit_2(videos, tmp_path, capsys):
     assert main(["preprocess", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "c")]) == 2
     assert "nope.txt: no such file" in capsys.readouterr().err

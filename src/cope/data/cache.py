@@ -337,14 +337,25 @@ class SlotCache:
         latest = latest_records(read_manifest(self.directory))
         self.records = latest  # source → its latest manifest line
         self.by_id = {r["id"]: r for r in latest.values()}
+        self._by_real_path: dict[str, dict] | None = None  # built on the first miss (record())
 
     def __len__(self) -> int:
         return sum(r["status"] == "ok" for r in self.records.values())
 
     def record(self, path_or_id: str | os.PathLike) -> dict | None:
-        """The latest manifest line of a video (by source path or id), or None if never attempted."""
+        """The latest manifest line of a video (by source path or id), or None if never attempted.
+
+        Sources are keyed by their absolute path as listed at preprocessing. A path that misses is
+        tried once more with symlinks resolved on both sides, so a video read through a linked or
+        renamed-and-linked folder still finds its entry instead of being decoded again.
+        """
         text = os.fspath(path_or_id)
-        return self.by_id.get(text) or self.records.get(source_key(text))
+        found = self.by_id.get(text) or self.records.get(source_key(text))
+        if found is not None:
+            return found
+        if self._by_real_path is None:
+            self._by_real_path = {os.path.realpath(source): r for source, r in self.records.items()}
+        return self._by_real_path.get(os.path.realpath(source_key(text)))
 
     def entry(self, path_or_id: str | os.PathLike) -> SlotEntry:
         """Load a cached video. ``CopeInputError`` if it is not cached or its preprocessing failed."""
