@@ -32,6 +32,11 @@ def test_cli_generate_json_and_stats(tmp_path, capsys):
         ["--clips", "2", "--seconds", "5"],
         ["--clips", "2", "--workers", "0"],
         ["--clips", "2", "--seed", "-1"],
+        ["--clips", "2", "--pan-speed", "0.2"],
+        ["--clips", "2", "--pan-speed", "0.2,0.1"],
+        ["--clips", "2", "--pan-speed", "0.1,0.9"],
+        ["--clips", "2", "--plans", "pan,spin"],
+        ["--clips", "2", "--plans", "pan"],  # the first two clips of the test schedule are no pans
     ],
 )
 def test_cli_bad_arguments_exit_2(args, tmp_path, capsys):

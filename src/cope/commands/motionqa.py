@@ -7,6 +7,7 @@ cope motionqa verify DIR --split test --clips 50
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -35,6 +36,20 @@ def register(commands) -> None:
     )
     generate.add_argument("--seconds", type=int, default=8, help="clip length in seconds, 8–60 (8 = one GOP)")
     generate.add_argument("--workers", type=int, default=1, help="processes rendering clips (1)")
+    generate.add_argument(
+        "--pan-speed",
+        type=parse_speed_range,
+        default=None,
+        metavar="MIN,MAX",
+        help="camera pans' speed range in frame sides per second, 0.02-0.3 (0.08,0.14: 10-22 px/s at 128 px)",
+    )
+    generate.add_argument(
+        "--plans",
+        type=lambda text: tuple(text.split(",")),
+        default=None,
+        metavar="PLAN[,PLAN]",
+        help="write only the clips of the --clips-long schedule with these plans, e.g. pan (all)",
+    )
     generate.add_argument("--overwrite", action="store_true", help="replace an existing split in DIR")
     generate.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     generate.set_defaults(func=cmd_generate)
@@ -80,8 +95,16 @@ def cmd_pretrain_tower(args) -> int:
     return report(run_tower_pretrain(config, resume=args.resume), args, is_main_process())
 
 
+def parse_speed_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(part) for part in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX, e.g. 0.05,0.28, got {text!r}") from exc
+    return lo, hi
+
+
 def cmd_generate(args) -> int:
-    from cope.motionqa import generate_split
+    from cope.motionqa import PAN_SPEED, generate_split
 
     summary = generate_split(
         args.out,
@@ -93,6 +116,8 @@ def cmd_generate(args) -> int:
         workers=args.workers,
         overwrite=args.overwrite,
         progress=True,
+        pan_speed=args.pan_speed or PAN_SPEED,
+        plans=args.plans,
     )
     if args.json:
         print(json.dumps(summary))

@@ -15,7 +15,7 @@ from cope.motionqa.plans import schedule
 from cope.motionqa.questions import make_clip
 from cope.motionqa.records import chat_records, clip_records, question_stats
 from cope.motionqa.render import FPS, Scene, render_frames, write_video
-from cope.motionqa.spec import SPLITS
+from cope.motionqa.spec import PAN_SPEED, PAN_SPEED_LIMITS, PLANS, SPLITS
 
 GENERATOR_VERSION = "2"  # 2: two per-second motion turns per training conversation, not six
 
@@ -31,11 +31,12 @@ class _Task:
     width: int
     height: int
     video_path: str
+    pan_speed: tuple[float, float]
 
 
 def _generate_one(task: _Task) -> tuple[list[dict], list[dict], dict]:
     """Worker: build one clip, render and encode it, return its records."""
-    clip = make_clip(task.split, task.index, task.seed, task.plan, task.answer, task.seconds)
+    clip = make_clip(task.split, task.index, task.seed, task.plan, task.answer, task.seconds, task.pan_speed)
     settings = CanonicalSettings()
     frames = render_frames(clip.scene, task.width, task.height)
     with atomic_path(task.video_path) as partial:
@@ -61,6 +62,17 @@ def validate_args(
         raise CopeInputError(f"--workers must be at least 1, got {workers}")
 
 
+def validate_options(pan_speed: tuple[float, float], plans: tuple[str, ...] | None) -> None:
+    lo, hi = PAN_SPEED_LIMITS
+    if not lo <= pan_speed[0] <= pan_speed[1] <= hi:
+        raise CopeInputError(
+            f"--pan-speed {pan_speed[0]},{pan_speed[1]}: need {lo} ≤ MIN ≤ MAX ≤ {hi} (frame sides per second)"
+        )
+    unknown = sorted(set(plans or ()) - set(PLANS))
+    if unknown or plans == ():
+        raise CopeInputError(f"--plans {','.join(unknown)}: choose from {', '.join(PLANS)}")
+
+
 def output_paths(out_dir: Path, split: str) -> dict[str, Path]:
     return {
         "llava": out_dir / f"{split}.json",
@@ -81,19 +93,31 @@ def generate_split(
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = False,
+    pan_speed: tuple[float, float] = PAN_SPEED,
+    plans: tuple[str, ...] | None = None,
 ) -> dict:
     """Generate one split into ``out_dir`` (videos, LLaVA json, local jsonl, meta, manifest).
 
     Deterministic: the same arguments give byte-identical JSON and identical frames, whatever
     ``workers`` is. Returns a summary with the measured generation speed. With ``workers`` > 1
     clips render in a spawn-based process pool: call this under ``if __name__ == "__main__":``.
+
+    ``pan_speed`` is the range camera pans draw their speed from (frame sides per second); only pan
+    clips change with it. ``plans`` keeps only the clips of the ``clips``-long schedule whose plan is
+    listed, each exactly as in the full split (same index, file name and records).
     """
     validate_args(split, clips, seed, size, seconds, workers)
+    validate_options(pan_speed, plans)
+    chosen = [
+        (i, p, a) for i, (p, a) in enumerate(schedule(split, seed, clips)) if plans is None or p in plans
+    ]
+    if not chosen:
+        raise CopeInputError(f"--plans {','.join(plans or ())}: no such clip among the first {clips}")
     out_dir = Path(out_dir)
     videos = _prepare_output(out_dir, split, overwrite)
     tasks = [
-        _Task(split, i, seed, plan, answer, seconds, size[0], size[1], str(videos / f"{split}-{i:06d}.mp4"))
-        for i, (plan, answer) in enumerate(schedule(split, seed, clips))
+        _Task(split, i, seed, plan, answer, seconds, *size, str(videos / f"{split}-{i:06d}.mp4"), pan_speed)
+        for i, plan, answer in chosen
     ]
     started = time.perf_counter()
     results = _run(tasks, workers, progress)
@@ -111,7 +135,7 @@ def generate_split(
     atomic_write_text(paths["meta"], "".join(json.dumps(result[2]) + "\n" for result in results))
     entry = {
         "seed": seed,
-        "clips": clips,
+        "clips": len(tasks),
         "questions": len(local),
         "seconds": seconds,
         "size": list(size),
@@ -119,6 +143,11 @@ def generate_split(
         "codec": "mpeg4",
         "needs_motion_fraction": question_stats(local)["needs_motion_fraction"],
     }
+    # Only non-default options are written, so a default split's manifest keeps its bytes.
+    if tuple(pan_speed) != PAN_SPEED:
+        entry["pan_speed"] = list(pan_speed)
+    if plans is not None:
+        entry |= {"plans": list(plans), "schedule_clips": clips}
     _update_manifest(out_dir / "manifest.json", split, entry)
     return {
         "out": str(out_dir),

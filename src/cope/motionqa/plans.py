@@ -28,6 +28,7 @@ from cope.motionqa.spec import (
     MAX_SPEED,
     MIN_SPEED,
     OPPOSITE,
+    PAN_SPEED,
     PLACE_BOX,
     PLANS,
     SPLIT_KEY,
@@ -45,11 +46,20 @@ class Builder:
     Two random streams: ``layout`` draws what frame 0 shows (background, object count, looks,
     start positions) and nothing else; ``rng`` draws the motion. A plan may consume ``rng``
     differently for different answers, but never touches ``layout`` after ``add_objects``, so
-    frame 0 is the same whatever the answer.
+    frame 0 is the same whatever the answer. ``pan_speed`` is the range a camera pan's speed is
+    drawn from (frame sides per second); it changes pan clips' motion and nothing else.
     """
 
-    def __init__(self, layout: np.random.Generator, rng: np.random.Generator, split: str, seconds: int):
+    def __init__(
+        self,
+        layout: np.random.Generator,
+        rng: np.random.Generator,
+        split: str,
+        seconds: int,
+        pan_speed: tuple[float, float] = PAN_SPEED,
+    ):
         self.layout, self.rng, self.split, self.seconds = layout, rng, split, seconds
+        self.pan_speed = pan_speed
         self.last = seconds - 1  # L: the last slot
         self.background = draw_background(layout, split)
         self.camera_steps = np.zeros((self.last, 2))
@@ -234,7 +244,7 @@ def plan_order(b: Builder, answer: int) -> list[tuple[str, list[int]]]:
 def plan_pan(b: Builder, answer: str) -> list[tuple[str, list[int]]]:
     rng = b.rng
     b.add_objects(1, 3)  # world-static: they move on screen with the background
-    speed = float(rng.uniform(MIN_SPEED, 0.14))
+    speed = float(rng.uniform(*b.pan_speed))
     length = int(rng.integers(min(4, b.last), b.last + 1))
     start = int(rng.integers(b.last - length + 1))
     for s in range(start, start + length):

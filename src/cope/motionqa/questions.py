@@ -11,6 +11,7 @@ from cope.motionqa.spec import (
     COUNTS,
     DIRECTIONS,
     OBJECT_ANSWER_TYPES,
+    PAN_SPEED,
     SPLIT_KEY,
     TEMPLATES,
     YES_NO,
@@ -58,7 +59,15 @@ def _appearance_question(rng: np.random.Generator, scene: Scene) -> tuple[str, l
     return candidates[int(rng.integers(len(candidates)))] if candidates else None
 
 
-def make_clip(split: str, index: int, seed: int, plan: str, answer, seconds: int = 8) -> Clip:
+def make_clip(
+    split: str,
+    index: int,
+    seed: int,
+    plan: str,
+    answer,
+    seconds: int = 8,
+    pan_speed: tuple[float, float] = PAN_SPEED,
+) -> Clip:
     """Build clip ``index`` of ``split`` with the given plan and planned answer (see ``schedule``).
 
     The clip's own random streams (seed, split, index) draw everything the planned answer does
@@ -70,7 +79,7 @@ def make_clip(split: str, index: int, seed: int, plan: str, answer, seconds: int
         np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLIT_KEY[split], 1, index, k)))
         for k in range(3)
     )
-    builder = Builder(layout, motion, split, seconds)
+    builder = Builder(layout, motion, split, seconds, pan_speed)
     asked = PLAN_FUNCTIONS[plan](builder, answer)
     scene = builder.scene()
     # Wording comes from its own stream, motion questions first: their text never depends on the answer.

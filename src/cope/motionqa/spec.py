@@ -22,6 +22,13 @@ SUBJECT_BOX = (0.45, 0.55)  # start of the subject of direction-type questions: 
 PLACE_BOX = (0.15, 0.85)  # start of every other object
 SUBJECT_REACH = BOUNDS[1] - SUBJECT_BOX[1]  # 0.35: largest excursion a subject may make
 MIN_SPEED, MAX_SPEED = 0.08, 0.25  # per second, whenever something moves
+# A camera pan's speed per second is drawn from this range, then each second's step jittered by
+# ×1.0–1.25 (so 10–22 px/s at 128 px). ``generate_split(pan_speed=...)`` widens it for training
+# sets whose pans should cover the speeds of real footage.
+PAN_SPEED = (MIN_SPEED, 0.14)
+# What ``pan_speed`` may ask for: twice STILL at least, and at most 0.3 (0.375 with the jitter, 48 px/s
+# at 128 px). Splits were generated at 0.05–0.28 (CoPE-Tiny v7–v10) and 0.2–0.3 (the tests).
+PAN_SPEED_LIMITS = (0.02, 0.3)
 STILL = 0.01  # a per-second displacement below this counts as "not moving"
 WINNER_MARGIN = 2.0  # "moves most" / "fastest": the winner beats the runner-up by at least this factor
 
