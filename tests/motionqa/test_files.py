@@ -85,13 +85,16 @@ def camera_speeds(metas: list[dict]) -> dict[str, float]:
     }
 
 
+def split_metas(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def test_pan_speed_changes_only_pan_clips_and_plans_keeps_them_as_in_the_full_split(tmp_path):
     default, faster, pans = tmp_path / "default", tmp_path / "faster", tmp_path / "pans"
     generated(default, "train", 30, seed=2)
     generated(faster, "train", 30, seed=2, pan_speed=(0.2, 0.3))
     summary = generated(pans, "train", 30, seed=2, pan_speed=(0.2, 0.3), plans=("pan",))
-    read = lambda d: [json.loads(line) for line in (d / "train-meta.jsonl").read_text().splitlines()]  # noqa: E731
-    base, fast, only = read(default), read(faster), read(pans)
+    base, fast, only = (split_metas(d / "train-meta.jsonl") for d in (default, faster, pans))
     assert all(0.08 - 1e-3 <= v <= 0.14 * 1.25 + 1e-3 for v in camera_speeds(base).values())
     assert camera_speeds(fast) and all(
         0.2 - 1e-3 <= v <= 0.3 * 1.25 + 1e-3 for v in camera_speeds(fast).values()
@@ -102,9 +105,7 @@ def test_pan_speed_changes_only_pan_clips_and_plans_keeps_them_as_in_the_full_sp
     assert only == [m for m in fast if m["plan"] == "pan"] and summary["clips"] == len(only) == 3
     assert sorted(p.name for p in (pans / "videos").iterdir()) == [Path(m["video"]).name for m in only]
     chat = {r["id"]: r for r in json.loads((faster / "train-chat.json").read_text())}
-    assert json.loads((pans / "train-chat.json").read_text()) == [
-        chat[r["id"]] for r in json.loads((pans / "train-chat.json").read_text())
-    ]
+    assert json.loads((pans / "train-chat.json").read_text()) == [chat[m["id"]] for m in only]
     entry = json.loads((pans / "manifest.json").read_text())["splits"]["train"]
     assert entry["pan_speed"] == [0.2, 0.3] and entry["plans"] == ["pan"] and entry["schedule_clips"] == 30
     assert "pan_speed" not in json.loads((default / "manifest.json").read_text())["splits"]["train"]
