@@ -2,7 +2,9 @@
 
 Steps (each a ``cope`` command; a step whose output exists is skipped, so a rerun resumes):
   1. MotionQA train / val / test clips (``cope motionqa generate``) at 128×128, and stage 2's
-     larger train split (9,000 clips whose first 3,000 are the train split)
+     own clips: a larger train split (9,000 clips whose first 3,000 are the train split's, but
+     with camera pans at 6.4–45 px/s instead of 10–22) and the 900 pan clips of a second (seed 1)
+     9,000-clip train split at the same speeds
   2. the slot cache of every clip (``cope preprocess``)
   3. the untrained model: ``cope_tiny_init()`` (MotionQA's closed vocabulary, random weights)
   4. the vision tower learns what each patch shows (``cope motionqa pretrain-tower configs/tiny/tower.yaml``)
@@ -33,9 +35,12 @@ BUILD = ROOT / "build" / "tiny"
 ASSET = ROOT / "src" / "cope" / "assets" / "cope-tiny"
 SPLITS = {"train": 3000, "val": 200, "test": 1000}
 # Stage 2 reads more clips than the tower and stages 0–1: 9,000 train clips, written to their own
-# folder. Their first 3,000 are exactly the train split above (a prefix of a longer split is the
-# same as the shorter split), so stage 2 sees every earlier clip plus 6,000 new ones.
+# folder. Their first 3,000 are the train split above (a prefix of a longer split is the same as
+# the shorter split) except for the camera pans, which move at a wider range of speeds: 10–22 px/s
+# alone left the model naming the direction of real footage's pans in 50–67% of clips, 6.4–45 px/s
+# with twice the pan clips (those of a seed-1 split added) in 100% (docs/tiny-model.md, v7 and v8).
 STAGE2_TRAIN_CLIPS = 9000
+STAGE2_PAN_SPEED = "0.05,0.28"  # frame sides per second, before MotionQA's ×1.0–1.25 jitter
 COPE = [sys.executable, "-m", "cope.cli"]
 
 
@@ -83,18 +88,24 @@ def data_steps(timings: dict, workers: int) -> None:
 
 
 def stage2_data_steps(timings: dict, workers: int) -> None:
-    """Stage 2's larger train split (STAGE2_TRAIN_CLIPS), in the same slot cache."""
-    motionqa = BUILD / "motionqa-stage2"
-    generate_step("motionqa-train-stage2", motionqa, "train", STAGE2_TRAIN_CLIPS, timings, workers)
+    """Stage 2's clips (configs/tiny/mix-train-stage2.yaml), in the same slot cache."""
+    faster_pans = ["--pan-speed", STAGE2_PAN_SPEED]
+    stage2, pans = BUILD / "motionqa-stage2", BUILD / "motionqa-pans"
+    generate_step("motionqa-train-stage2", stage2, "train", STAGE2_TRAIN_CLIPS, timings, workers, faster_pans)
+    extra = ["--seed", 1, "--plans", "pan", *faster_pans]
+    generate_step("motionqa-train-pans", pans, "train", STAGE2_TRAIN_CLIPS, timings, workers, extra)
     videos = BUILD / "train-stage2.list"
-    videos.write_text(video_list(motionqa, "train"))
+    videos.write_text(video_list(stage2, "train") + video_list(pans, "train"))
     preprocess_step("preprocess-stage2", videos, BUILD / "cache" / ".complete-stage2", timings, workers)
 
 
-def generate_step(step: str, out: Path, split: str, clips: int, timings: dict, workers: int) -> None:
-    """``cope motionqa generate`` of one split at seed 0 into ``out``; done once its chat file exists."""
+def generate_step(
+    step: str, out: Path, split: str, clips: int, timings: dict, workers: int, options: list | None = None
+) -> None:
+    """``cope motionqa generate`` of one split into ``out`` (seed 0 unless ``options`` say otherwise);
+    done once its chat file exists."""
     generate = [*COPE, "motionqa", "generate", "--out", out, "--split", split]
-    generate += ["--clips", clips, "--seed", 0, "--workers", workers]
+    generate += ["--clips", clips, "--workers", workers, *(options or ["--seed", 0])]
     run(step, generate, out / f"{split}-chat.json", timings)
 
 

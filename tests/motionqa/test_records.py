@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
+import numpy as np
+
 from cope.motionqa import Background, Scene, SceneObject
 from cope.motionqa.plans import schedule
 from cope.motionqa.questions import make_clip
-from cope.motionqa.records import chat_records, clip_records, clip_steps, question_stats, step_question
+from cope.motionqa.records import (
+    balanced_step,
+    chat_records,
+    clip_records,
+    clip_steps,
+    question_stats,
+    step_question,
+    step_questions,
+)
 from cope.motionqa.spec import COUNTS, DIRECTIONS
 
 
@@ -73,3 +85,36 @@ def test_clip_steps_label_every_visible_second_and_the_moving_camera():
         step_question("red circle", 0) == "Which way does the red circle move between second 0 and second 1?"
     )
     assert step_question("camera", 1) == "Which way does the camera pan between second 1 and second 2?"
+
+
+def test_per_second_turns_are_balanced_over_answers():
+    steps = [
+        ("red circle", 0, "right"),
+        ("red circle", 1, "right"),
+        ("red circle", 2, "right"),
+        ("red circle", 3, "still"),
+        ("blue star", 0, "still"),  # never moves: not asked while a subject that moves is
+        ("blue star", 1, "still"),
+    ]
+    rng = np.random.default_rng(0)
+    drawn = Counter(balanced_step(steps, rng) for _ in range(4000))
+    assert set(drawn) == set(steps[:4])
+    # "still" (one second) as often as "right" (three seconds), each "right" second a third of that.
+    assert abs(drawn[steps[3]] / 4000 - 0.5) < 0.03
+    assert all(abs(drawn[step] / 4000 - 1 / 6) < 0.03 for step in steps[:3])
+    assert balanced_step(steps[4:], rng) in steps[4:]  # nothing moves: any subject
+
+    look = {"size": 0.2, "rgb": (255, 0, 0), "texture_seed": 0}
+    right_then_still = [(0.2, 0.5), (0.3, 0.5), (0.3, 0.5), (0.3, 0.5)]
+    background = Background("gradient", (0, 0, 0), (9, 9, 9), 0.0, 0.2, 0.0, 0)
+    scene = Scene(
+        4, background, [(0.0, 0.0)] * 4, [SceneObject("red", "circle", positions=right_then_still, **look)]
+    )
+    for seed in range(5):
+        turns = step_questions(scene, np.random.default_rng(seed))
+        assert len(turns) == 2 and turns[0][0] != turns[1][0]  # two different seconds
+        first = dict(zip(("question", "answer"), turns[0], strict=True))
+        asked = {
+            step_question("red circle", t, k): label for _, t, label in clip_steps(scene) for k in range(3)
+        }
+        assert asked[first["question"]] == first["answer"]

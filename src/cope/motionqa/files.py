@@ -17,7 +17,8 @@ from cope.motionqa.records import chat_records, clip_records, question_stats
 from cope.motionqa.render import FPS, Scene, render_frames, write_video
 from cope.motionqa.spec import PAN_SPEED, PAN_SPEED_LIMITS, PLANS, SPLITS
 
-GENERATOR_VERSION = "2"  # 2: two per-second motion turns per training conversation, not six
+# 2: two per-second motion turns per training conversation, not six; 3: each drawn balanced over answers
+GENERATOR_VERSION = "3"
 
 
 @dataclass(frozen=True)

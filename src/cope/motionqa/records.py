@@ -75,18 +75,32 @@ def step_questions(
     One question asks which way one object (visible at t = 0, so named by colour and shape) or the
     camera moves between two consecutive slots; the answer is left / right / up / down, or still.
     Every Δ-frame of the K = 1 plan spans exactly one such second, so these turns supervise the
-    reading of single Δ-frames, which the clip-level questions only do in aggregate. At most a
-    third of the chosen questions are "still"; the test split never asks them.
+    reading of single Δ-frames, which the clip-level questions only do in aggregate. Each turn is
+    drawn on its own (``balanced_step``), so neither its place in the conversation nor the other
+    turn's answer tells its answer. The test split never asks them.
     """
     steps = clip_steps(scene)
-    moving = [step for step in steps if step[2] != "still"]
-    still = [step for step in steps if step[2] == "still"]
-    chosen = [moving[i] for i in rng.permutation(len(moving))[:limit]]
-    room = min(limit - len(chosen), max(1, limit // 3))
-    chosen += [still[i] for i in rng.permutation(len(still))[:room]]
+    chosen: list[tuple[str, int, str]] = []
+    while len(chosen) < limit and (left := [step for step in steps if step not in chosen]):
+        chosen.append(balanced_step(left, rng))
     return [
         (step_question(name, t, int(rng.integers(len(STEP_TEMPLATES)))), label) for name, t, label in chosen
     ]
+
+
+def balanced_step(steps: list[tuple[str, int, str]], rng: np.random.Generator) -> tuple[str, int, str]:
+    """One (subject, second, label) of ``steps``, balanced over answers: a subject that moves at
+    some second at random (any subject if none does), one of the labels it has at random, then one
+    of its seconds with that label. A subject that moves right for 3 seconds and stands still for 4
+    is asked "right" and "still" equally often, so an answer read off the whole clip is right on
+    about half of such turns; only reading *when* answers all of them."""
+    moving = [name for name, _, label in steps if label != "still"]
+    subjects = list(dict.fromkeys(moving or [name for name, _, _ in steps]))
+    subject = subjects[int(rng.integers(len(subjects)))]
+    labels = list(dict.fromkeys(label for name, _, label in steps if name == subject))
+    label = labels[int(rng.integers(len(labels)))]
+    matching = [step for step in steps if step[0] == subject and step[2] == label]
+    return matching[int(rng.integers(len(matching)))]
 
 
 def clip_steps(scene: Scene) -> list[tuple[str, int, str]]:
