@@ -89,23 +89,34 @@ def data_steps(timings: dict, workers: int) -> None:
 
 def stage2_data_steps(timings: dict, workers: int) -> None:
     """Stage 2's clips (configs/tiny/mix-train-stage2.yaml), in the same slot cache."""
-    faster_pans = ["--pan-speed", STAGE2_PAN_SPEED]
+    faster_pans = ("--pan-speed", STAGE2_PAN_SPEED)
     stage2, pans = BUILD / "motionqa-stage2", BUILD / "motionqa-pans"
-    generate_step("motionqa-train-stage2", stage2, "train", STAGE2_TRAIN_CLIPS, timings, workers, faster_pans)
-    extra = ["--seed", 1, "--plans", "pan", *faster_pans]
-    generate_step("motionqa-train-pans", pans, "train", STAGE2_TRAIN_CLIPS, timings, workers, extra)
+    generate_step(
+        "motionqa-train-stage2", stage2, "train", STAGE2_TRAIN_CLIPS, timings, workers, options=faster_pans
+    )
+    only_pans = ("--plans", "pan", *faster_pans)
+    generate_step(
+        "motionqa-train-pans", pans, "train", STAGE2_TRAIN_CLIPS, timings, workers, seed=1, options=only_pans
+    )
     videos = BUILD / "train-stage2.list"
     videos.write_text(video_list(stage2, "train") + video_list(pans, "train"))
     preprocess_step("preprocess-stage2", videos, BUILD / "cache" / ".complete-stage2", timings, workers)
 
 
 def generate_step(
-    step: str, out: Path, split: str, clips: int, timings: dict, workers: int, options: list | None = None
+    step: str,
+    out: Path,
+    split: str,
+    clips: int,
+    timings: dict,
+    workers: int,
+    seed: int = 0,
+    options: tuple = (),
 ) -> None:
-    """``cope motionqa generate`` of one split into ``out`` (seed 0 unless ``options`` say otherwise);
-    done once its chat file exists."""
+    """``cope motionqa generate`` of one split into ``out``, with further ``options``; done once its
+    chat file exists."""
     generate = [*COPE, "motionqa", "generate", "--out", out, "--split", split]
-    generate += ["--clips", clips, "--workers", workers, *(options or ["--seed", 0])]
+    generate += ["--clips", clips, "--seed", seed, "--workers", workers, *options]
     run(step, generate, out / f"{split}-chat.json", timings)
 
 

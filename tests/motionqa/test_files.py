@@ -49,10 +49,14 @@ def test_different_seeds_and_splits_differ(test_split, tmp_path):
 # ------------------------------------------------------------------ output formats
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def test_output_formats(test_split):
     llava = json.loads((test_split / "test.json").read_text())
-    local = [json.loads(line) for line in (test_split / "test.jsonl").read_text().splitlines()]
-    metas = [json.loads(line) for line in (test_split / "test-meta.jsonl").read_text().splitlines()]
+    local = read_jsonl(test_split / "test.jsonl")
+    metas = read_jsonl(test_split / "test-meta.jsonl")
     assert len(llava) == len(local) and len(metas) == 10
     assert {m["plan"] for m in metas} == set(PLANS)
     for record, row in zip(llava, local, strict=True):
@@ -85,16 +89,12 @@ def camera_speeds(metas: list[dict]) -> dict[str, float]:
     }
 
 
-def split_metas(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def test_pan_speed_changes_only_pan_clips_and_plans_keeps_them_as_in_the_full_split(tmp_path):
     default, faster, pans = tmp_path / "default", tmp_path / "faster", tmp_path / "pans"
     generated(default, "train", 30, seed=2)
     generated(faster, "train", 30, seed=2, pan_speed=(0.2, 0.3))
     summary = generated(pans, "train", 30, seed=2, pan_speed=(0.2, 0.3), plans=("pan",))
-    base, fast, only = (split_metas(d / "train-meta.jsonl") for d in (default, faster, pans))
+    base, fast, only = (read_jsonl(d / "train-meta.jsonl") for d in (default, faster, pans))
     assert all(0.08 - 1e-3 <= v <= 0.14 * 1.25 + 1e-3 for v in camera_speeds(base).values())
     assert camera_speeds(fast) and all(
         0.2 - 1e-3 <= v <= 0.3 * 1.25 + 1e-3 for v in camera_speeds(fast).values()

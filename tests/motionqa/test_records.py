@@ -10,6 +10,7 @@ from cope.motionqa import Background, Scene, SceneObject
 from cope.motionqa.plans import schedule
 from cope.motionqa.questions import make_clip
 from cope.motionqa.records import (
+    STEP_TEMPLATES,
     balanced_step,
     chat_records,
     clip_records,
@@ -110,11 +111,13 @@ def test_per_second_turns_are_balanced_over_answers():
     scene = Scene(
         4, background, [(0.0, 0.0)] * 4, [SceneObject("red", "circle", positions=right_then_still, **look)]
     )
+    asked = {
+        step_question("red circle", t, k): label
+        for _, t, label in clip_steps(scene)
+        for k in range(len(STEP_TEMPLATES))
+    }
     for seed in range(5):
         turns = step_questions(scene, np.random.default_rng(seed))
         assert len(turns) == 2 and turns[0][0] != turns[1][0]  # two different seconds
         first = dict(zip(("question", "answer"), turns[0], strict=True))
-        asked = {
-            step_question("red circle", t, k): label for _, t, label in clip_steps(scene) for k in range(3)
-        }
         assert asked[first["question"]] == first["answer"]
