@@ -75,11 +75,11 @@ tiny-model: $(VENV)/.installed
 	$(BIN)/python scripts/train_tiny.py --export --overwrite
 
 # The MotionQA results table (README): also trains the paper's recipe, stage 2 from the stage-1
-# Δ-encoder (paper H.2), and the paper's free-query Δ-encoder.
+# Δ-encoder (paper H.2), the paper's free-query Δ-encoder, and the equal-steps dense baseline.
 tiny-table: tiny-model
 	$(BIN)/python scripts/train_tiny.py --ablation
 	$(BIN)/python benchmarks/motionqa_table.py --base build/tiny/stage0/final \
-		--cope build/tiny/stage2/final --with-stage1 build/tiny/stage2-with-stage1/final \
+		--cope build/tiny/stage2/final --dense build/tiny/stage2-dense/final --with-stage1 build/tiny/stage2-with-stage1/final \
 		--free-queries build/tiny/stage2-free-queries/final --out docs/motionqa-table
 
 lint: $(VENV)/.installed-test

@@ -13,12 +13,15 @@ Prints one JSON object; ``--out DIR`` also writes table.json, table.md and table
 visual tokens).
 
     python benchmarks/motionqa_table.py --base build/tiny/stage0/final --cope build/tiny/stage2/final \\
-        --with-stage1 build/tiny/stage2-with-stage1/final [--free-queries DIR] --out build/tiny/table
+        --dense build/tiny/stage2-dense/final --with-stage1 build/tiny/stage2-with-stage1/final \\
+        [--free-queries DIR] --out build/tiny/table
 
 Rows (each model reads the test clips through the ``cope preprocess`` slot cache, which holds
 exactly what ``open_video`` + ``CodecVideo.entries`` give for the same canonical settings):
 * base model (stage 0, dense RGB training): dense (all 8 one-second slots as RGB) and
   keyframes-only at 1/2/4 keyframes per GOP — the LLaVA-Video rows of Table 1;
+* the equal-steps dense baseline (``--dense``: stage 2's run with dense RGB input instead of CoPE's,
+  configs/tiny/stage2-dense.yaml): dense — the same LLM and training as CoPE's, only the input differs;
 * CoPE (stages 0 → 2; CoPE-Tiny skips stage 1): 1/2/4 keyframes + Δ-frames (Table 1), the same
   keyframes without Δ-tokens (H.4), Δ-tokens zeroed at 1 keyframe (H.3), and dense RGB;
 * CoPE with stage 1 (stages 0 → 1 → 2, the paper's recipe; H.2): 1 keyframe + Δ-frames;
@@ -51,6 +54,7 @@ from cope.motionqa import Scene
 # (row name, model key, plan: K or "dense", Δ handling: "delta" | "none" | "zero")
 ROWS = [
     ("dense (base)", "base", "dense", "none"),
+    ("dense, equal steps", "dense", "dense", "none"),
     ("keyframes-only k1 (base)", "base", 1, "none"),
     ("keyframes-only k2 (base)", "base", 2, "none"),
     ("keyframes-only k4 (base)", "base", 4, "none"),
@@ -290,6 +294,7 @@ def main() -> int:
     )
     parser.add_argument("--base", help="the stage-0 (dense) model")
     parser.add_argument("--cope", help="the stage-2 CoPE model")
+    parser.add_argument("--dense", help="the equal-steps dense baseline (stage 2 on dense RGB)")
     parser.add_argument(
         "--with-stage1", dest="with_stage1", help="stage 2 trained from the stage-1 Δ-encoder"
     )
@@ -322,6 +327,7 @@ def main() -> int:
     paths = {
         "base": args.base,
         "cope": args.cope,
+        "dense": args.dense,
         "with_stage1": args.with_stage1,
         "free_queries": args.free_queries,
     }
@@ -349,7 +355,7 @@ def main() -> int:
             f"single-subject {result['single_subject_accuracy']:.1f})",
             file=sys.stderr,
         )
-    # Without a dense row (no --base or --cope) there is no 100% to compare with.
+    # Without a dense row (no --base, --cope or --dense) there is no 100% to compare with.
     dense_tokens = next((r["visual_tokens"] for r in rows if r["plan"] == "dense"), float("nan"))
     for r in rows:
         r["tokens_pct_of_dense"] = 100.0 * r["visual_tokens"] / dense_tokens

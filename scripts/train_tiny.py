@@ -16,7 +16,8 @@ No stage 1 by default: at this scale stage 2 from a fresh Δ-encoder reads motio
 the stage-1 one (docs/tiny-model.md). ``--ablation`` also trains, for the results table
 (benchmarks/motionqa_table.py), the paper's recipe: stage-1 pre-training
 (configs/tiny/stage1.yaml) then stage 2 from its encoder (stage2-with-stage1.yaml), and the
-paper's free-query Δ-encoder with stage 1 (stage1-free-queries.yaml, stage2-free-queries.yaml).
+paper's free-query Δ-encoder with stage 1 (stage1-free-queries.yaml, stage2-free-queries.yaml),
+and the equal-steps dense baseline: stage 2's run on dense RGB input (stage2-dense.yaml).
 Wall time per step goes to build/tiny/recipe.json.
 """
 
@@ -183,6 +184,7 @@ def main() -> int:
             ("stage2-with-stage1", ["finetune"]),
             ("stage1-free-queries", ["pretrain"]),
             ("stage2-free-queries", ["finetune"]),
+            ("stage2-dense", ["finetune"]),
         ]
     for name, command in stages:
         output = BUILD / name

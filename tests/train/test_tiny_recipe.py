@@ -1,6 +1,6 @@
-"""A smoke run of the CoPE-Tiny recipe: every step of `make tiny-model` (and the stage-1 ablation of
-`make tiny-table`), with its own configs, a few steps each on a handful of MotionQA clips, through
-the same `cope` commands.
+"""A smoke run of the CoPE-Tiny recipe: every step of `make tiny-model` (and the stage-1 and
+equal-steps dense rows of `make tiny-table`), with its own configs, a few steps each on a handful
+of MotionQA clips, through the same `cope` commands.
 """
 
 from __future__ import annotations
@@ -132,6 +132,9 @@ def test_every_step_of_the_recipe_runs_and_learns(recipe):
         *("--set", f"model.delta_encoder={r / 'stage1' / 'final'}"),
     )
 
+    # The equal-steps dense baseline: stage 2's run on dense RGB, no Δ-encoder.
+    finetune("stage2-dense", "mix-train.yaml", 2, r / "stage0" / "final")
+
     keyframes = losses(r / "stage0-keyframes")
     assert len(keyframes) == 8 and keyframes[-1] < keyframes[0]  # the answers' loss falls
     from cope.model.videolm import CopeVideoLM
@@ -141,6 +144,8 @@ def test_every_step_of_the_recipe_runs_and_learns(recipe):
     assert model.delta_encoder.config.token_grid == (2, 4)  # the fresh encoder is CoPE-Tiny's grid one
     with_stage1 = CopeVideoLM.from_pretrained(r / "stage2-with-stage1" / "final")
     assert with_stage1.delta_encoder.config.token_grid == (2, 4)
+    dense = CopeVideoLM.from_pretrained(r / "stage2-dense" / "final")
+    assert dense.delta_encoder is None and len(losses(r / "stage2-dense")) == 2
     tower = CopeVideoLM.from_pretrained(r / "tower" / "final").vision_tower.state_dict()
     for name, tensor in model.vision_tower.state_dict().items():  # frozen after its own step
         assert torch.equal(tensor, tower[name]), name
