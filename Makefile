@@ -79,7 +79,8 @@ tiny-model: $(VENV)/.installed
 tiny-table: tiny-model
 	$(BIN)/python scripts/train_tiny.py --ablation
 	$(BIN)/python benchmarks/motionqa_table.py --base build/tiny/stage0/final \
-		--cope build/tiny/stage2/final --dense build/tiny/stage2-dense/final --with-stage1 build/tiny/stage2-with-stage1/final \
+		--cope build/tiny/stage2/final --dense build/tiny/stage2-dense/final \
+		--with-stage1 build/tiny/stage2-with-stage1/final \
 		--free-queries build/tiny/stage2-free-queries/final --out docs/motionqa-table
 
 lint: $(VENV)/.installed-test
