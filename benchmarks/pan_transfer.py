@@ -1,6 +1,7 @@
 """Camera pans over real footage: does the model name the pan direction outside MotionQA?
 
-    python benchmarks/pan_transfer.py --footage PATH [--footage PATH ...] [--model DIR] [--out DIR]
+    python benchmarks/pan_transfer.py --footage PATH [--footage PATH ...] [--model DIR]
+        [--dense-model DIR] [--out DIR]
 
 MotionQA renders procedural textures and pans at 10–22 px/s (0.08–0.175 of the 128-px frame per
 second). This benchmark pans a virtual camera over a still frame of real footage instead, at other
@@ -28,7 +29,8 @@ from a block to where its content was in the reference frame (content moving rig
 
 Each clip is asked MotionQA's pan question, "Which way does the camera pan?", in two
 configurations: CoPE (mode ``cope``, 1 keyframe per GOP + Δ-tokens) and the same keyframe without
-Δ-tokens (mode ``iframes-only``, K = 1). Reported per configuration:
+Δ-tokens (mode ``iframes-only``, K = 1); with ``--dense-model DIR``, also that model in mode
+``dense`` (its ``dense_frames`` RGB frames, 8 for CoPE-Tiny). Reported per configuration:
 * ``named_direction``: % of clips whose free-form greedy answer (``--max-new-tokens``, default 8)
   names the true direction (``cope.eval.scoring.score_prediction``: names it and no other option);
 * ``single_option_word``: % of answers that are exactly one of left/right/up/down and nothing else
@@ -69,6 +71,8 @@ CAMERA_STEP = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 B_FRAMES = (0, 2)  # alternated clip by clip
 # (name in the report, encode_video mode); both read 1 keyframe per GOP.
 CONFIGS = (("CoPE k1 + Δ", "cope"), ("I-frames only k1", "iframes-only"))
+# ``--dense-model``: a dense VideoLM (the equal-steps dense baseline) asked with its 8 RGB frames.
+DENSE_CONFIG = "dense RGB (--dense-model)"
 
 
 # ---------------------------------------------------------------- clips
@@ -233,15 +237,20 @@ def run(args, clips_dir: Path) -> dict:
     make_clips(specs, args.speeds, clips_dir)
     name = resolve_model(args.model)
     model = CopeVideoLM.from_pretrained(name)
+    dense = CopeVideoLM.from_pretrained(args.dense_model) if args.dense_model else None
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens)
     for spec in specs:
         video = open_video(spec["path"], model.config.canonical, cache_dir=clips_dir / "transcode")
         spec["source_frame_types"] = dict(video.source.frame_types)
         spec["answers"] = {config: ask_clip(model, video, mode, generation) for config, mode in CONFIGS}
+        if dense is not None:
+            spec["answers"][DENSE_CONFIG] = ask_clip(dense, video, "dense", generation)
         print(f"{spec['name']}: {json.dumps(spec['answers'])}", file=sys.stderr)
-    summary = {config: summarise(specs, config) for config, _ in CONFIGS}
+    configs = [config for config, _ in CONFIGS] + ([DENSE_CONFIG] if dense is not None else [])
+    summary = {config: summarise(specs, config) for config in configs}
     return {
         "model": name,
+        "dense_model": args.dense_model,
         "question": QUESTION,
         "seed": args.seed,
         "speeds_px_per_s": args.speeds,
@@ -256,6 +265,11 @@ def main() -> int:
         "--footage", type=Path, action="append", required=True, help="a video file (repeatable)"
     )
     parser.add_argument("--model", help="CoPE checkpoint (default: the bundled model)")
+    parser.add_argument(
+        "--dense-model",
+        dest="dense_model",
+        help="also ask this dense VideoLM (e.g. build/tiny/stage2-dense/final) with its RGB frames",
+    )
     parser.add_argument("--stills", type=int, default=2, help="still frames, taken from the footage in turn")
     parser.add_argument("--speeds", type=float, nargs="+", default=[10.0, 25.0, 35.0], help="px/s at 128×128")
     parser.add_argument("--seed", type=int, default=0, help="picks the stills' times")

@@ -81,3 +81,31 @@ def test_motion_vectors_point_the_way_the_camera_pans(tmp_path):
         mvs = [e.mv for e in video.entries(video.plan(fusion=30)) if isinstance(e, PFrame)]
         assert len(mvs) == 2
         assert all(sign * np.median(mv[..., axis]) > 0 for mv in mvs)
+
+
+def test_run_asks_the_dense_model_with_its_rgb_frames(tmp_path, sample_video):
+    """With ``--dense-model``, every clip is also asked of that model in mode dense; its row sits
+    beside CoPE's and the I-frames-only one (here the bundled model plays both parts)."""
+    from argparse import Namespace
+
+    from cope.model.videolm import resolve_model
+
+    bundled = str(resolve_model(None))
+    args = Namespace(
+        footage=[sample_video],
+        stills=1,
+        speeds=[25.0],
+        seed=0,
+        max_new_tokens=8,
+        model=bundled,
+        dense_model=bundled,
+    )
+    report = pan_transfer.run(args, tmp_path)
+    assert list(report["summary"]) == ["CoPE k1 + Δ", "I-frames only k1", pan_transfer.DENSE_CONFIG]
+    assert all(s["clips"] == 4 for s in report["summary"].values())
+    tokens = {
+        config: {c["answers"][config]["visual_tokens"] for c in report["clips"]}
+        for config in report["summary"]
+    }
+    # CoPE-Tiny on an 8-s clip: 8 RGB frames × 56 = 448; 1 keyframe (56) + 7 Δ-frames × 10 = 126.
+    assert tokens == {"CoPE k1 + Δ": {126}, "I-frames only k1": {56}, pan_transfer.DENSE_CONFIG: {448}}
