@@ -119,5 +119,5 @@ def test_per_second_turns_are_balanced_over_answers():
     for seed in range(5):
         turns = step_questions(scene, np.random.default_rng(seed))
         assert len(turns) == 2 and turns[0][0] != turns[1][0]  # two different seconds
-        first = dict(zip(("question", "answer"), turns[0], strict=True))
-        assert asked[first["question"]] == first["answer"]
+        question, answer = turns[0]
+        assert asked[question] == answer
