@@ -37,6 +37,10 @@ configurations: CoPE (mode ``cope``, 1 keyframe per GOP + Δ-tokens) and the sam
   (case and surrounding whitespace ignored);
 * ``forced_choice``: % of clips where the true direction has the highest summed log-probability
   of the four (``cope.eval.choice.pick_option``);
+* ``ends_after_choice``: % of clips where, after the forced-choice option, the model ends its
+  turn (EOS or end of turn) with probability > 0.5 (``cope.eval.choice.end_of_turn_probability``;
+  each clip's probability is its ``end_after_choice``): whether an answer that names the option
+  stops there or runs on;
 * ``chance`` (25%) and ``clips``.
 Prints one JSON object (with every clip's answers); ``--out DIR`` also writes pan_transfer.json,
 pan_transfer.md and keeps the clips under DIR/clips.
@@ -56,8 +60,9 @@ import torch
 from PIL import Image
 
 from cope.codec.extract import open_video
-from cope.eval.choice import pick_option
+from cope.eval.choice import end_of_turn_probability, pick_option
 from cope.eval.scoring import score_prediction
+from cope.model.videolm.prompting import tokenize
 from cope.motionqa import DIRECTIONS
 from cope.motionqa.render import encode_mp4
 
@@ -187,26 +192,30 @@ def ask_clip(model, video, mode: str, generation) -> dict:
     prompt = model.build_prompt(encoded, QUESTION)
     answer = model.generate(prompt, generation)
     picked, _ = pick_option(model, prompt.inputs_embeds, list(DIRECTIONS))
+    choice = tokenize(model, DIRECTIONS[picked]).to(model.device)
     return {
         "answer": answer.text,
         "finish_reason": answer.finish_reason,
         "choice": DIRECTIONS[picked],
+        "end_after_choice": round(end_of_turn_probability(model, prompt.inputs_embeds, choice), 4),
         "visual_tokens": encoded.visual_tokens,
     }
 
 
 def summarise(specs: list[dict], config: str) -> dict:
     """The configuration's percentages over every clip."""
-    named, single, chosen = [], [], []
+    named, single, chosen, ends = [], [], [], []
     for spec in specs:
         result = spec["answers"][config]
         named.append(score_prediction(result["answer"], spec["direction"], list(DIRECTIONS)))
         single.append(is_single_option_word(result["answer"]))
         chosen.append(result["choice"] == spec["direction"])
+        ends.append(result["end_after_choice"] > 0.5)
     return {
         "named_direction": _percent(named),
         "single_option_word": _percent(single),
         "forced_choice": _percent(chosen),
+        "ends_after_choice": _percent(ends),
         "chance": 100.0 / len(DIRECTIONS),
         "clips": len(specs),
     }
@@ -219,13 +228,13 @@ def _percent(flags: list[bool]) -> float:
 def markdown(summary: dict[str, dict]) -> str:
     lines = [
         "| configuration | names the direction (free-form) | single option word | forced choice "
-        "| chance | clips |",
-        "|---|---|---|---|---|---|",
+        "| ends after its choice | chance | clips |",
+        "|---|---|---|---|---|---|---|",
     ]
     for config, s in summary.items():
         lines.append(
             f"| {config} | {s['named_direction']:.1f} | {s['single_option_word']:.1f} | "
-            f"{s['forced_choice']:.1f} | {s['chance']:.1f} | {s['clips']} |"
+            f"{s['forced_choice']:.1f} | {s['ends_after_choice']:.1f} | {s['chance']:.1f} | {s['clips']} |"
         )
     return "\n".join(lines) + "\n"
 

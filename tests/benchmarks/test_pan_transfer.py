@@ -109,3 +109,11 @@ def test_run_asks_the_dense_model_with_its_rgb_frames(tmp_path, sample_video):
     }
     # CoPE-Tiny on an 8-s clip: 8 RGB frames × 56 = 448; 1 keyframe (56) + 7 Δ-frames × 10 = 126.
     assert tokens == {"CoPE k1 + Δ": {126}, "I-frames only k1": {56}, pan_transfer.DENSE_CONFIG: {448}}
+    for config, summary in report["summary"].items():
+        ends = [c["answers"][config]["end_after_choice"] for c in report["clips"]]
+        assert all(0.0 <= p <= 1.0 for p in ends)
+        assert summary["ends_after_choice"] == 100.0 * sum(p > 0.5 for p in ends) / 4
+    # The bundled model names each pan of the sample video in one word and surely ends its turn there.
+    cope = [c["answers"]["CoPE k1 + Δ"] for c in report["clips"]]
+    assert [a["answer"] for a in cope] == [c["direction"] for c in report["clips"]]
+    assert all(a["end_after_choice"] > 0.99 for a in cope)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -243,3 +244,25 @@ def test_option_logprobs_of_options_with_different_lengths(eval_checkpoint):
     batched = option_logprobs(model, prompt.inputs_embeds, options)
     single = [continuation_logprob(model, prompt.inputs_embeds, tokenize(model, o))[0] for o in options]
     assert batched == pytest.approx(single, abs=1e-4)
+
+
+def test_end_of_turn_probability_is_the_stop_tokens_share_of_the_next_token(eval_checkpoint):
+    """p(end | answer) = Σ over stop tokens s of p(answer s) / p(answer), from continuation_logprob."""
+    from cope.eval.choice import continuation_logprob, end_of_turn_probability
+    from cope.model.videolm import CopeVideoLM
+    from cope.model.videolm.prompting import tokenize
+
+    model = CopeVideoLM.from_pretrained(eval_checkpoint)
+    width = model.embed_text(torch.tensor([0])).shape[-1]
+    prompt = model.build_prompt(
+        torch.randn(5, width, generator=torch.Generator().manual_seed(0)), "which way ?"
+    )
+    answer = tokenize(model, "left")
+    assert len(model.stop_token_ids) >= 2  # EOS and the chat template's end of turn
+    alone, _ = continuation_logprob(model, prompt.inputs_embeds, answer)
+    ended = [
+        continuation_logprob(model, prompt.inputs_embeds, torch.cat([answer, torch.tensor([stop])]))[0]
+        for stop in model.stop_token_ids
+    ]
+    expected = sum(math.exp(total - alone) for total in ended)
+    assert end_of_turn_probability(model, prompt.inputs_embeds, answer) == pytest.approx(expected, rel=1e-4)

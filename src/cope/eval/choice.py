@@ -31,6 +31,21 @@ def continuation_logprob(model, prompt_embeds: torch.Tensor, target: torch.Tenso
     return float(total), greedy
 
 
+def end_of_turn_probability(model, prompt_embeds: torch.Tensor, answer: torch.Tensor) -> float:
+    """p(the turn ends right after ``answer`` | prompt): the next token's probability mass on the
+    model's stop tokens (EOS, end of turn), i.e. how surely an answer that reaches ``answer`` stops
+    there instead of running on.
+
+    ``prompt_embeds`` (1, L, D) as in ``continuation_logprob``; ``answer`` (n,) the answer's ids.
+    """
+    stops = torch.tensor(sorted(model.stop_token_ids), device=answer.device)
+    with torch.inference_mode():
+        embeds = torch.cat([prompt_embeds, model.embed_text(answer).unsqueeze(0)], dim=1)  # (1, L + n, D)
+        hidden = model.language_model(inputs_embeds=embeds).last_hidden_state[0, -1]  # (D,)
+        probs = model.lm_head(hidden).float().softmax(-1)  # (V,)
+    return float(probs[stops].sum())
+
+
 def option_logprobs(model, prompt_embeds: torch.Tensor, options: list[str]) -> list[float]:
     """log p(option | prompt) for every option, in one batched forward.
 
