@@ -38,11 +38,11 @@ def end_of_turn_probability(model, prompt_embeds: torch.Tensor, answer: torch.Te
 
     ``prompt_embeds`` (1, L, D) as in ``continuation_logprob``; ``answer`` (n,) the answer's ids.
     """
-    stops = torch.tensor(sorted(model.stop_token_ids), device=answer.device)
     with torch.inference_mode():
         embeds = torch.cat([prompt_embeds, model.embed_text(answer).unsqueeze(0)], dim=1)  # (1, L + n, D)
         hidden = model.language_model(inputs_embeds=embeds).last_hidden_state[0, -1]  # (D,)
         probs = model.lm_head(hidden).float().softmax(-1)  # (V,)
+    stops = torch.tensor(sorted(model.stop_token_ids), device=probs.device)
     return float(probs[stops].sum())
 
 
