@@ -15,6 +15,12 @@ from __future__ import annotations
 import torch
 
 
+def _hidden_after(model, prompt_embeds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The LLM's last hidden states over the prompt (1, L, D) followed by ``target`` (n,): (L + n, D)."""
+    embeds = torch.cat([prompt_embeds, model.embed_text(target).unsqueeze(0)], dim=1)  # (1, L + n, D)
+    return model.language_model(inputs_embeds=embeds).last_hidden_state[0]
+
+
 def continuation_logprob(model, prompt_embeds: torch.Tensor, target: torch.Tensor) -> tuple[float, bool]:
     """log p(target | prompt) under the LLM, and whether greedy decoding would produce ``target``.
 
@@ -22,8 +28,7 @@ def continuation_logprob(model, prompt_embeds: torch.Tensor, target: torch.Tenso
     continuation's ids. One forward over L + n positions; position t's logits predict t + 1.
     """
     with torch.inference_mode():
-        embeds = torch.cat([prompt_embeds, model.embed_text(target).unsqueeze(0)], dim=1)  # (1, L + n, D)
-        hidden = model.language_model(inputs_embeds=embeds).last_hidden_state[0]  # (L + n, D)
+        hidden = _hidden_after(model, prompt_embeds, target)  # (L + n, D)
         n = target.numel()
         logprobs = model.lm_head(hidden[-n - 1 : -1]).float().log_softmax(-1)  # (n, V)
         total = logprobs.gather(1, target.unsqueeze(1)).sum()
@@ -39,8 +44,7 @@ def end_of_turn_probability(model, prompt_embeds: torch.Tensor, answer: torch.Te
     ``prompt_embeds`` (1, L, D) as in ``continuation_logprob``; ``answer`` (n,) the answer's ids.
     """
     with torch.inference_mode():
-        embeds = torch.cat([prompt_embeds, model.embed_text(answer).unsqueeze(0)], dim=1)  # (1, L + n, D)
-        hidden = model.language_model(inputs_embeds=embeds).last_hidden_state[0, -1]  # (D,)
+        hidden = _hidden_after(model, prompt_embeds, answer)[-1]  # (D,)
         probs = model.lm_head(hidden).float().softmax(-1)  # (V,)
     stops = torch.tensor(sorted(model.stop_token_ids), device=probs.device)
     return float(probs[stops].sum())
